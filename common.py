@@ -1,0 +1,514 @@
+"""Shared toolbox for the study's scripts: seeding, networks, data, augmentation, CutMix, I/O.
+
+Importing this module does nothing: no downloads, no device queries, no global state.
+    from common import build_model, load_dataset, DeviceLoader, cutmix
+"""
+import hashlib
+import json
+import os
+import pickle
+import random
+import subprocess
+import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class UserError(Exception):
+    """A mistake the user can fix; scripts print it as one sentence and exit non-zero."""
+
+
+def cli_guard(fn, *args):
+    """Run fn(*args) and turn a UserError into a one-line message with exit status 1."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+#### Setup
+
+def seed_everything(seed, deterministic=False):
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        # cuBLAS needs this workspace setting before its first deterministic call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def git_commit():
+    """The checkout's commit, with '-dirty' when files differ from it; 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+#### Atomic output: a crash or a bad input never leaves a half-written file behind
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Call write_fn(file) on a temporary file next to path, then rename it over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+        umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(obj, path):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False), mode="w")
+
+
+def save_figure(fig, path, **kwargs):
+    fmt = Path(path).suffix.lstrip(".")
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with weights_only=True: a file that needs arbitrary unpickling is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train the run first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise UserError(f"refused to load {path}: it needs arbitrary unpickling, "
+                            "which could run code; only plain checkpoints are accepted") from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({e})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0]})") from None
+
+
+def read_json(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
+
+
+#### Network
+
+class SimpleCNN(nn.Module):
+    """The second variant's network: 3 conv layers (ReLU, max-pooling) and a fully connected classifier."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)  # 8x8 on 32x32 input: Grad-CAM's layer
+        self.fc1 = nn.Linear(128 * 4 * 4, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+ARCHS = ("resnet18", "simplecnn")
+DEFAULT_CAM_LAYER = {"resnet18": "layer4", "simplecnn": "conv3"}
+
+
+def build_model(arch, num_classes):
+    """resnet18: torchvision's, adapted to 32x32 (3x3 stride-1 conv1, no max-pool); or simplecnn."""
+    if arch == "simplecnn":
+        return SimpleCNN(num_classes)
+    if arch != "resnet18":
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    from torchvision.models import resnet18
+    model = resnet18(weights=None, num_classes=num_classes)
+    # 32x32 inputs: a 7x7 stride-2 stem and a max-pool would shrink them to 8x8 before layer1.
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+#### Data
+
+@dataclass
+class Dataset:
+    """A whole dataset as uint8 tensors (N, 3, H, W) and int64 labels, decoded once."""
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list
+    superclasses: list = None       # CIFAR-100: superclass name of each class
+    test_boxes: torch.Tensor = None  # synthetic: object box (x0, y0, x1, y1), exclusive ends
+    test_indices: torch.Tensor = field(default=None)  # original test indices after --limit-test
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+ARCHIVES = {  # official archive name, md5 and the pickles inside it
+    "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
+    "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+                 ["train"], ["test"], "meta"),
+}
+DATASETS = ("cifar100", "cifar10", "synthetic", "<folder with train/ and test/>")
+
+
+def file_md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_archive(name, data_dir, download):
+    filename, md5, *_ = ARCHIVES[name]
+    path = Path(data_dir) / filename
+    where = f"put the official {filename} (md5 {md5}) into {Path(data_dir).resolve()}/"
+    if not path.exists():
+        if not download:
+            raise UserError(f"{path} is missing and --no-download was given; {where}")
+        from torchvision.datasets.utils import download_url
+        try:
+            download_url(CIFAR_URL + filename, str(data_dir), filename, md5)
+        except Exception as e:  # network errors come in many types; all mean the same to the user
+            Path(path).unlink(missing_ok=True)
+            raise UserError(f"could not download {filename} ({type(e).__name__}); "
+                            f"if offline, {where}") from None
+    actual = file_md5(path)
+    if actual != md5:
+        raise UserError(f"{path} has md5 {actual}, expected {md5}: the archive is corrupt or not "
+                        f"the official one; delete it and {where}")
+    return path
+
+
+def _load_cifar(name, data_dir, download):
+    path = _fetch_archive(name, data_dir, download)
+    _, _, folder, train_files, test_files, meta_file = ARCHIVES[name]
+    label_key = "fine_labels" if name == "cifar100" else "labels"
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            def read(member):
+                return pickle.load(tar.extractfile(f"{folder}/{member}"), encoding="latin1")
+
+            def split(files):
+                parts = [read(f) for f in files]
+                x = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, 32, 32)
+                y = np.concatenate([p[label_key] for p in parts])
+                return torch.from_numpy(x), torch.from_numpy(y).long(), parts
+            train_x, train_y, _ = split(train_files)
+            test_x, test_y, test_parts = split(test_files)
+            meta = read(meta_file)
+    except (tarfile.TarError, KeyError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise UserError(f"{path} could not be parsed as the official {name} archive ({e})") from None
+    if name == "cifar10":
+        return Dataset(name, train_x, train_y, test_x, test_y, list(meta["label_names"]))
+    classes = list(meta["fine_label_names"])
+    coarse = np.concatenate([p["coarse_labels"] for p in test_parts])
+    superclass_of = {}
+    for fine, c in zip(test_y.tolist(), coarse.tolist()):
+        superclass_of[fine] = meta["coarse_label_names"][c]
+    superclasses = [superclass_of.get(i, "unknown") for i in range(len(classes))]
+    return Dataset(name, train_x, train_y, test_x, test_y, classes, superclasses)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _decode(path, size):
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"image {path} could not be read; remove or replace it")
+    if img.shape[:2] != (size, size):  # non-CIFAR folders are resized once, at decode time
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return img[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+
+
+def _scan_split(root, split, classes=None):
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise UserError(f"folder dataset {root} has no {split}/ folder; expected "
+                        f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if classes is not None and found != classes:
+        raise UserError(f"{split_dir} has classes {found}, but train/ has {classes}")
+    if not found:
+        raise UserError(f"{split_dir} has no class folders")
+    files, labels = [], []
+    for label, c in enumerate(found):
+        names = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += names
+        labels += [label] * len(names)
+    return found, files, labels
+
+
+def _load_folder(root, data_dir, size=32):
+    root = Path(root)
+    classes, train_files, train_labels = _scan_split(root, "train")
+    _, test_files, test_labels = _scan_split(root, "test", classes)
+    # The decode cache is keyed by every file's path, size and mtime: any change re-decodes.
+    key = hashlib.sha256()
+    for p in train_files + test_files:
+        st = p.stat()
+        key.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    cache = Path(data_dir) / "cache" / f"{root.name}-{key.hexdigest()[:16]}.pt"
+    if cache.is_file():
+        arrays = torch.load(cache, weights_only=True)
+    else:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # OpenCV releases the GIL while decoding
+            def stack(files):
+                return torch.from_numpy(np.stack(list(pool.map(lambda p: _decode(p, size), files))))
+            arrays = {"train_x": stack(train_files), "test_x": stack(test_files)}
+        try:
+            save_checkpoint(arrays, cache)
+        except OSError:
+            pass  # a read-only data dir only costs a re-decode next time
+    return Dataset(root.name, arrays["train_x"], torch.tensor(train_labels), arrays["test_x"],
+                   torch.tensor(test_labels), classes)
+
+
+SHAPES = ("square", "disc", "ring", "triangle", "cross", "x", "hbar", "vbar", "diamond", "frame")
+
+
+def _shape_masks(size=11):
+    """Boolean masks of the ten synthetic object classes."""
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    d = (xx ** 2 + yy ** 2).sqrt()
+    h = size / 2
+    return torch.stack([
+        (xx.abs() < h - 1) & (yy.abs() < h - 1),           # square
+        d < h - 0.5,                                        # disc
+        (d < h - 0.5) & (d > h - 3),                        # ring
+        (yy > -h + 1) & (xx.abs() < (yy + h) / 2),          # triangle
+        (xx.abs() < 1.5) | (yy.abs() < 1.5),                # cross
+        ((xx - yy).abs() < 1.5) | ((xx + yy).abs() < 1.5),  # x
+        yy.abs() < 2,                                       # horizontal bar
+        xx.abs() < 2,                                       # vertical bar
+        (xx.abs() + yy.abs()) < h - 0.5,                    # diamond
+        ((xx.abs() > h - 3) | (yy.abs() > h - 3)),          # frame
+    ])
+
+
+def make_synthetic(n_train=5000, n_test=1000, seed=0, size=32):
+    """Ten classes decided by an object's shape, of random colour, at a random place on clutter."""
+    g = torch.Generator().manual_seed(seed)
+    masks = _shape_masks()
+    s = masks.shape[-1]
+
+    def split(n):
+        y = torch.randint(0, len(SHAPES), (n,), generator=g)
+        # Clutter: blocky low-frequency colour noise plus fine noise, so no pixel statistic
+        # outside the object reveals the class.
+        coarse = torch.rand(n, 3, size // 4, size // 4, generator=g)
+        img = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 0.6
+        img += 0.15 * torch.rand(n, 3, size, size, generator=g)
+        colour = 0.3 + 0.7 * torch.rand(n, 3, 1, 1, generator=g)
+        x0 = torch.randint(0, size - s + 1, (n,), generator=g)
+        y0 = torch.randint(0, size - s + 1, (n,), generator=g)
+        rows = y0[:, None] + torch.arange(s)  # (n, s)
+        cols = x0[:, None] + torch.arange(s)
+        full = torch.zeros(n, size, size, dtype=torch.bool)
+        full[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = masks[y]
+        img = torch.where(full[:, None], colour.expand(-1, -1, size, size), img)
+        boxes = torch.stack([x0, y0, x0 + s, y0 + s], 1)
+        return (img.clamp(0, 1) * 255).round().to(torch.uint8), y, boxes
+
+    train_x, train_y, _ = split(n_train)
+    test_x, test_y, test_boxes = split(n_test)
+    return Dataset("synthetic", train_x, train_y, test_x, test_y, list(SHAPES),
+                   test_boxes=test_boxes)
+
+
+def subset_indices(n, limit, seed=0):
+    """A fixed random subset of range(n), sorted, so a limit keeps every class (folder data is sorted)."""
+    if not limit or limit >= n:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:limit].sort().values
+
+
+def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_test=None):
+    """cifar100 | cifar10 | synthetic | a folder with train/<class>/ and test/<class>/."""
+    if name in ARCHIVES:
+        ds = _load_cifar(name, data_dir, download)
+    elif name == "synthetic":
+        ds = make_synthetic()
+    elif Path(name).is_dir():
+        ds = _load_folder(name, data_dir)
+    else:
+        raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic or a folder "
+                        "with train/<class>/ and test/<class>/ image folders")
+    train_idx = subset_indices(len(ds.train_y), limit_train)
+    if train_idx is not None:
+        ds.train_x, ds.train_y = ds.train_x[train_idx], ds.train_y[train_idx]
+    test_idx = subset_indices(len(ds.test_y), limit_test)
+    ds.test_indices = test_idx if test_idx is not None else torch.arange(len(ds.test_y))
+    if test_idx is not None:
+        ds.test_x, ds.test_y = ds.test_x[test_idx], ds.test_y[test_idx]
+        if ds.test_boxes is not None:
+            ds.test_boxes = ds.test_boxes[test_idx]
+    return ds
+
+
+def channel_stats(images_u8):
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images_u8.float().div_(255)
+    return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+
+#### Device-resident loading and augmentation: no per-image Python, same code on CPU and GPU
+
+def normalize(images_u8, mean, std):
+    """uint8 (N, 3, H, W) on any device -> normalised float32, channels_last for faster convs."""
+    mean = torch.tensor(mean, device=images_u8.device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(std, device=images_u8.device).view(1, -1, 1, 1) * 255
+    x = (images_u8.float() - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def crop_flip(images, offsets, flips, pad=4):
+    """Random crop with zero padding `pad` and horizontal flip, batched.
+
+    images (B, C, H, W); offsets (B, 2) integer (dy, dx) in [0, 2*pad]; flips (B,) bool.
+    """
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))  # zeros, as torchvision's RandomCrop(padding=4)
+    rows = offsets[:, 0:1] + torch.arange(h, device=images.device)  # (B, H)
+    cols = offsets[:, 1:2] + torch.arange(w, device=images.device)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=images.device)[:, None, None, None]
+    ci = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceLoader:
+    """Batches of a uint8 tensor kept on the device, shuffled and augmented with a seeded generator.
+
+    All randomness of an epoch is drawn at its start from a CPU generator, so the generator's
+    state at an epoch boundary is all a resumed run needs, and no step waits on the host.
+    """
+
+    def __init__(self, images, labels, batch_size, mean, std, device, train=False,
+                 augment="none", generator=None):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.train, self.augment, self.generator = train, augment, generator
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        n, dev = len(self.labels), self.images.device
+        if self.train:
+            order = torch.randperm(n, generator=self.generator).to(dev)
+            offsets = torch.randint(0, 9, (n, 2), generator=self.generator).to(dev)
+            flips = (torch.rand(n, generator=self.generator) < 0.5).to(dev)
+        else:
+            order = torch.arange(n, device=dev)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx]
+            if self.train and self.augment == "crop-flip":
+                x = crop_flip(x, offsets[start:start + self.batch_size],
+                              flips[start:start + self.batch_size])
+            yield normalize(x, self.mean, self.std), self.labels[idx]
+
+
+def cutmix(images, labels, alpha, generator=None):
+    """CutMix as its authors define it: one permutation and one box for the whole batch.
+
+    Returns (mixed, labels_a, labels_b, lam) with lam = 1 - box_area / (H * W) recomputed from
+    the clipped box, as a float. The inputs are not modified; the loss is
+    lam * CE(out, labels_a) + (1 - lam) * CE(out, labels_b).
+    """
+    b, _, h, w = images.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    # Beta has no torch sampler that takes a generator: seed NumPy's from it instead.
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    cut = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut), int(w * cut)
+    cy = int(torch.randint(0, h, (1,), generator=generator, device=gen_device))
+    cx = int(torch.randint(0, w, (1,), generator=generator, device=gen_device))
+    y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
+    x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
+    perm = torch.randperm(b, generator=generator, device=gen_device).to(images.device)
+    mixed = images.clone()
+    mixed[:, :, y0:y1, x0:x1] = images[perm][:, :, y0:y1, x0:x1]
+    lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (h * w)
+    return mixed, labels, labels[perm.to(labels.device)], lam
+
+
+#### Runs
+
+def load_run(run_dir, checkpoint="last", device="cpu"):
+    """Rebuild a trained model from runs/<name>: (model in eval mode, config, checkpoint dict)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; train it with train.py first")
+    config = read_json(run_dir / "config.json", "run config")
+    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
+    model = build_model(config["arch"], config["num_classes"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{run_dir / (checkpoint + '.pt')} does not match its config "
+                        f"({config['arch']}, {config['num_classes']} classes): "
+                        f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), config, ckpt
+
+
+def dataset_from_config(config, data_dir=None):
+    """The dataset a run was trained on, with the same test subset (never downloads)."""
+    return load_dataset(config["dataset"], data_dir or config["data_dir"], download=False,
+                        limit_train=config.get("limit_train"), limit_test=config.get("limit_test"))

@@ -1,0 +1,89 @@
+"""Evaluate a trained run on its test set: runs/<name>/predictions.npz and metrics.json.
+
+    python evaluate.py --run runs/baseline                 # last epoch (default, honest)
+    python evaluate.py --run runs/baseline --checkpoint best   # best-on-test, as the reference
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (DeviceLoader, atomic_write, cli_guard, dataset_from_config, load_run,
+                    resolve_device, save_json)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="run folder written by train.py")
+    # Choosing the epoch by test accuracy peeks at the test set, so "last" is the default.
+    p.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
+    p.add_argument("--batch-size", type=int, default=1024)
+    return p
+
+
+@torch.no_grad()
+def predict(model, images_u8, mean, std, batch_size=1024):
+    """Logits (N, C) as float32 on the CPU, computed in batches on the model's device."""
+    device = next(model.parameters()).device
+    loader = DeviceLoader(images_u8, torch.zeros(len(images_u8), dtype=torch.long), batch_size,
+                          mean, std, device)
+    return torch.cat([model(x).float().cpu() for x, _ in loader])
+
+
+def classification_metrics(logits, labels, num_classes):
+    """Accuracy, top-5, per-class accuracy and mean cross-entropy from logits and labels."""
+    labels = torch.as_tensor(labels)
+    pred = logits.argmax(1)
+    correct = (pred == labels).double()
+    k = min(5, num_classes)
+    top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1).double().mean().item()
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.bincount(labels, weights=correct, minlength=num_classes)
+    per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.full_like(counts, float("nan")))
+    return {
+        "test_accuracy": correct.mean().item(),
+        "top5_accuracy": top5,
+        "mean_loss": F.cross_entropy(logits, labels).item(),
+        "per_class_accuracy": [None if np.isnan(v) else round(v, 6) for v in per_class.tolist()],
+        "n": len(labels),
+    }
+
+
+def evaluate(args):
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    model, config, ckpt = load_run(args.run, args.checkpoint, device)
+    ds = dataset_from_config(config, args.data_dir)
+    logits = predict(model, ds.test_x, config["mean"], config["std"], args.batch_size)
+    probs = logits.softmax(1)
+    metrics = classification_metrics(logits, ds.test_y, config["num_classes"])
+    metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"],
+                   seconds=round(time.perf_counter() - t0, 3))
+    run = Path(args.run)
+
+    def write_npz(f):
+        np.savez_compressed(f, probs=probs.numpy().astype(np.float32), labels=ds.test_y.numpy(),
+                            logits=logits.numpy(), indices=ds.test_indices.numpy())
+    atomic_write(run / "predictions.npz", write_npz)
+    save_json(metrics, run / "metrics.json")
+    label = "best-on-test" if args.checkpoint == "best" else "last"
+    print(f"{run}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "
+          f"{100 * metrics['top5_accuracy']:.2f}%) with the {label} checkpoint, epoch {ckpt['epoch']}")
+    return metrics
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return cli_guard(evaluate, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Train a CNN from scratch and write runs/<name>/: config.json, history.csv, last.pt, best.pt, curves.png.
+
+The study's two ResNet-18 runs (defaults = the reference baseline protocol):
+    python train.py --name baseline
+    python train.py --name cutmix --cutmix-prob 0.5 --label-smoothing 0.1
+The second variant (CIFAR-10, SimpleCNN, Adam), on the folder copy of CIFAR-10:
+    python train.py --name c10-baseline --arch simplecnn --dataset data/cifar10-jpeg \
+        --optimizer adam --augment none --epochs 30 --milestones
+"""
+import argparse
+import contextlib
+import csv
+import io
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from common import (ARCHS, DeviceLoader, UserError, build_model, channel_stats, cli_guard, cutmix,
+                    device_name, git_commit, load_checkpoint, load_dataset, resolve_device,
+                    save_checkpoint, save_figure, save_json, seed_everything, atomic_write)
+
+RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = p.add_argument
+    # Defaults are the reference notebook's baseline protocol (see ../shared/FACTS.md).
+    a("--arch", default="resnet18", choices=ARCHS)
+    a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, or a folder with "
+      "train/<class>/ and test/<class>/ images")
+    a("--epochs", type=int, default=50)
+    a("--batch-size", type=int, default=128)
+    a("--optimizer", default="sgd", choices=("sgd", "adam"))
+    a("--lr", type=float, default=None, help="default 0.1 for sgd, 1e-3 for adam")
+    a("--momentum", type=float, default=0.9)
+    a("--weight-decay", type=float, default=5e-4)
+    a("--milestones", type=int, nargs="*", default=[25, 40],
+      help="epochs at which the lr is multiplied by --gamma (none: constant lr)")
+    a("--gamma", type=float, default=0.1)
+    a("--label-smoothing", type=float, default=0.0)
+    a("--cutmix-prob", type=float, default=0.0, help="probability that a batch is CutMix-ed")
+    a("--cutmix-alpha", type=float, default=1.0, help="Beta(alpha, alpha) for the mixing ratio")
+    a("--augment", default="crop-flip", choices=("crop-flip", "none"))
+    a("--seed", type=int, default=42)
+    a("--name", default=None, help="run folder name under --runs-dir (default: arch-dataset-seed)")
+    a("--runs-dir", default="runs")
+    a("--data-dir", default="data", help="where archives live and decoded folders are cached")
+    a("--no-download", action="store_true", help="fail instead of downloading a missing archive")
+    a("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    a("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    a("--resume", action="store_true", help="continue runs/<name>/last.pt with its saved config")
+    a("--overwrite", action="store_true", help="replace an existing run of the same name")
+    a("--limit-train", type=int, default=None, help="train on a fixed random subset of N images")
+    a("--limit-test", type=int, default=None, help="test on a fixed random subset of N images")
+    a("--eval-batch-size", type=int, default=1024)
+    return p
+
+
+def check_args(args, parser):
+    """Reject bad values before anything is read or written."""
+    checks = [
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+        (0 <= args.cutmix_prob <= 1, "--cutmix-prob must be in [0, 1]"),
+        (args.cutmix_alpha > 0, "--cutmix-alpha must be greater than 0"),
+        (0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (args.lr is None or args.lr > 0, "--lr must be greater than 0"),
+        (args.weight_decay >= 0, "--weight-decay must be at least 0"),
+        (all(m >= 1 for m in args.milestones), "--milestones must be positive epochs"),
+        (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
+        (args.limit_test is None or args.limit_test >= 1, "--limit-test must be at least 1"),
+        (not (args.resume and args.overwrite), "--resume and --overwrite cannot be combined"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    if args.lr is None:
+        args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
+    if args.name is None:
+        args.name = f"{args.arch}-{Path(args.dataset).name}-seed{args.seed}"
+
+
+def make_optimizer(model, cfg):
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, criterion, autocast):
+    """Mean loss and accuracy, accumulated on the device with one host sync at the end."""
+    model.eval()
+    dev = loader.images.device
+    loss_sum, correct = torch.zeros((), device=dev), torch.zeros((), device=dev)
+    for x, y in loader:
+        with autocast():
+            out = model(x)
+        loss_sum += criterion(out.float(), y) * len(y)
+        correct += (out.argmax(1) == y).sum()
+    n = len(loader.labels)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def plot_curves(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for key, label in (("train", "train"), ("test", "test")):
+        ax1.plot(epochs, [h[f"{key}_loss"] for h in history], marker=".", label=label)
+        ax2.plot(epochs, [100 * h[f"{key}_acc"] for h in history], marker=".", label=label)
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path, dpi=150)
+    plt.close(fig)
+
+
+def write_history(history, path):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
+
+
+def prepare_run(args):
+    """Decide between a fresh run and a resumed one; never clobber a run without --overwrite."""
+    run_dir = Path(args.runs_dir) / args.name
+    existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if args.resume:
+        ckpt = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
+        if ckpt is None:
+            raise UserError(f"--resume needs {run_dir / 'last.pt'}, which does not exist")
+        return run_dir, ckpt
+    if existing and not args.overwrite:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(existing)}); "
+                        "use --resume to continue it or --overwrite to replace it")
+    return run_dir, None
+
+
+def train(args):
+    run_dir, ckpt = prepare_run(args)
+    if ckpt is not None:
+        cfg = dict(ckpt["config"])
+        cfg["device"] = args.device  # the only flag a resume may change
+    else:
+        cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "argv")}
+        cfg["command"] = "python train.py " + " ".join(args.argv)
+    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    ds = load_dataset(cfg["dataset"], cfg["data_dir"], not cfg["no_download"],
+                      cfg["limit_train"], cfg["limit_test"])
+    if ckpt is None:
+        mean, std = channel_stats(ds.train_x)
+        cfg.update(num_classes=ds.num_classes, classes=ds.classes, superclasses=ds.superclasses,
+                   mean=mean, std=std, n_train=len(ds.train_y), n_test=len(ds.test_y),
+                   git_commit=git_commit(), torch_version=str(torch.__version__),
+                   torchvision_version=str(__import__("torchvision").__version__),
+                   python_version=platform.python_version(), device_name=device_name(device),
+                   status="running")
+        if run_dir.exists() and args.overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, run_dir / "config.json")
+    model = build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg["milestones"], cfg["gamma"])
+    data_gen = torch.Generator().manual_seed(cfg["seed"])
+    start_epoch, history, best_acc, elapsed, train_elapsed = 0, [], -1.0, 0.0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        data_gen.set_state(ckpt["rng"]["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+        best_acc, elapsed, train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
+        print(f"resuming {run_dir} after epoch {start_epoch}")
+    train_loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
+                                device, train=True, augment=cfg["augment"], generator=data_gen)
+    test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"],
+                               cfg["std"], device)
+    step_model = torch.compile(model) if cfg["compile"] else model
+    if cfg["amp"] and device.type != "cuda":
+        print("note: --amp applies to CUDA only; training in float32")
+
+    def autocast():
+        if cfg["amp"] and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    plain_ce = nn.CrossEntropyLoss()
+    # On a GPU, reading the loss every step would stall the pipeline: look every 50 steps.
+    sync_every = 1 if device.type == "cpu" else 50
+    postfix_every = 10 if device.type == "cpu" else 50
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        first_bad = torch.full((), -1, device=device)
+        seen = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+                   disable=None, file=sys.stdout)
+        for step, (x, y) in enumerate(bar):
+            mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=data_gen).item() < cfg["cutmix_prob"]
+            with autocast():
+                if mixed:
+                    x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], data_gen)
+                    out = step_model(x)
+                    loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
+                else:
+                    out = step_model(x)
+                    loss = criterion(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                pred = out.argmax(1)
+                if mixed:
+                    correct += lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()
+                else:
+                    correct += (pred == y).sum()
+                loss_sum += loss.detach().float() * len(y)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.full_like(first_bad, step), first_bad)
+            seen += len(y)
+            if (step + 1) % sync_every == 0 or step + 1 == len(train_loader):
+                bad = int(first_bad)
+                if bad >= 0:
+                    raise UserError(f"the training loss became NaN/inf at epoch {epoch + 1}, "
+                                    f"step {bad + 1}; lower --lr (the last good checkpoint "
+                                    f"{run_dir / 'last.pt'} is kept)")
+            if not bar.disable and (step + 1) % postfix_every == 0:
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                acc=f"{100 * correct.item() / seen:.1f}%", img_s=f"{rate:.0f}")
+        train_seconds = time.perf_counter() - t0
+        train_elapsed += train_seconds
+        test_loss, test_acc = evaluate_loader(model, test_loader, plain_ce, autocast)
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        row = dict(epoch=epoch + 1, train_loss=round(loss_sum.item() / seen, 6),
+                   train_acc=round(correct.item() / seen, 6), test_loss=round(test_loss, 6),
+                   test_acc=round(test_acc, 6), lr=optimizer.param_groups[0]["lr"],
+                   seconds=round(seconds, 3))
+        history.append(row)
+        scheduler.step()
+        print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f} "
+              f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} "
+              f"acc {100 * test_acc:.2f}% | {seen / train_seconds:.0f} img/s, {seconds:.1f} s",
+              flush=True)
+        is_best = test_acc > best_acc
+        best_acc = max(best_acc, test_acc)
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
+                     best_acc=best_acc, elapsed=elapsed, train_elapsed=train_elapsed, config=cfg,
+                     rng=dict(data=data_gen.get_state(), torch=torch.get_rng_state()))
+        save_checkpoint(state, run_dir / "last.pt")
+        if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
+            save_checkpoint(state, run_dir / "best.pt")
+        write_history(history, run_dir / "history.csv")
+        plot_curves(history, run_dir / "curves.png")
+    final = history[-1]
+    best = max(history, key=lambda h: h["test_acc"])
+    cfg.update(status="complete", wall_seconds=round(elapsed, 2),
+               final_test_accuracy=final["test_acc"], best_test_accuracy=best["test_acc"],
+               best_epoch=best["epoch"],
+               train_images_per_second=round(cfg["n_train"] * len(history) / max(train_elapsed, 1e-9), 1))
+    save_json(cfg, run_dir / "config.json")
+    print(f"done: {run_dir} final test accuracy {100 * final['test_acc']:.2f}% "
+          f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {elapsed:.1f} s")
+    return {"run_dir": str(run_dir), "final_test_accuracy": final["test_acc"],
+            "best_test_accuracy": best["test_acc"], "epochs": len(history)}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(args, parser)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_guard(train, args)
+
+
+if __name__ == "__main__":
+    main()
