@@ -496,6 +496,9 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train it with train.py first")
+    if not (run_dir / "config.json").is_file() and (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir} has not finished training (no config.json yet); continue it "
+                        f"with: python train.py --resume --name {run_dir.name} --runs-dir {run_dir.parent}")
     config = read_json(run_dir / "config.json", "run config")
     ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
     model = build_model(config["arch"], config["num_classes"])

@@ -1,4 +1,5 @@
-"""Train a CNN from scratch and write runs/<name>/: config.json, history.csv, last.pt, best.pt, curves.png.
+"""Train a CNN from scratch and write runs/<name>/: history.csv, last.pt, best.pt, curves.png after
+every epoch, and config.json once training is complete (so its presence means "finished").
 
 The study's two ResNet-18 runs (defaults = the reference baseline protocol):
     python train.py --name baseline
@@ -178,7 +179,6 @@ def train(args):
         if run_dir.exists() and args.overwrite:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, run_dir / "config.json")
     model = build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg["milestones"], cfg["gamma"])

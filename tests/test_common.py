@@ -1,0 +1,159 @@
+"""Networks, CutMix and the device-resident loader of common.py."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from common import (DeviceLoader, UserError, build_model, channel_stats, crop_flip, cutmix,
+                    normalize, seed_everything)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "simplecnn"])
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_model_output_shape(arch, num_classes):
+    model = build_model(arch, num_classes).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, num_classes)
+
+
+def test_resnet18_is_adapted_to_32x32():
+    model = build_model("resnet18", 100)
+    c = model.conv1
+    assert (c.kernel_size, c.stride, c.padding, c.bias) == ((3, 3), (1, 1), (1, 1), None)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert model.fc.out_features == 100
+    seen = {}
+    model.layer4.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    model.eval()(torch.randn(1, 3, 32, 32))
+    assert seen["shape"] == (1, 512, 4, 4)  # layer4 is 4x4 on 32x32 input (FACTS.md)
+
+
+def test_unknown_arch_is_a_user_error():
+    with pytest.raises(UserError, match="unknown architecture"):
+        build_model("vgg11", 10)
+
+
+def test_resnet18_checkpoint_loads_into_torchvision(tmp_path):
+    ours = build_model("resnet18", 100).eval()
+    torch.save(ours.state_dict(), tmp_path / "w.pt")
+    theirs = torchvision.models.resnet18(num_classes=100)
+    theirs.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    theirs.maxpool = nn.Identity()
+    theirs.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs.eval()(x))
+
+
+def test_seed_everything_repeats_draws():
+    seed_everything(3)
+    a = torch.rand(5)
+    seed_everything(3)
+    assert torch.equal(a, torch.rand(5))
+
+
+#### CutMix
+
+def _batch(b=8, h=32, w=32):
+    images = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 3, h, w).clone()
+    return images, torch.arange(b) * 10  # pixel value i identifies image i, label 10 i
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cutmix_box_pairing_and_lambda(seed):
+    images, labels = _batch()
+    before = images.clone()
+    mixed, y_a, y_b, lam = cutmix(images, labels, 1.0, torch.Generator().manual_seed(seed))
+    assert torch.equal(images, before)  # inputs are left unchanged
+    assert isinstance(lam, float) and 0.0 <= lam <= 1.0
+    assert torch.equal(y_a, labels)
+    # One box for the whole batch: the pixels that changed form the same rectangle in every image
+    # whose partner differs, and carry that partner's pixels.
+    src = mixed / 1.0  # image index of each pixel's source
+    partner = (y_b // 10)
+    inside = src[:, 0] == partner[:, None, None].float()
+    outside = src[:, 0] == torch.arange(8)[:, None, None].float()
+    assert (inside | outside).all()
+    boxes = [inside[i] for i in range(8) if partner[i] != i]
+    if boxes:
+        box = boxes[0]
+        assert all(torch.equal(b, box) for b in boxes)
+        rows, cols = box.any(1).nonzero(), box.any(0).nonzero()
+        if len(rows):
+            area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            assert box.sum() == area  # a rectangle
+            assert lam == pytest.approx(1 - area.item() / (32 * 32))
+        else:
+            assert lam == pytest.approx(1.0)
+    assert sorted(partner.tolist()) == list(range(8))  # one permutation
+
+
+def test_cutmix_is_reproducible_with_a_generator():
+    images, labels = torch.rand(16, 3, 32, 32), torch.arange(16)
+    a = cutmix(images, labels, 1.0, torch.Generator().manual_seed(7))
+    b = cutmix(images, labels, 1.0, torch.Generator().manual_seed(7))
+    c = cutmix(images, labels, 1.0, torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and a[3] == b[3]
+    assert not (torch.equal(a[0], c[0]) and a[3] == c[3])
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.2])
+def test_cutmix_lambda_follows_the_authors_distribution(alpha):
+    images, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
+    g = torch.Generator().manual_seed(0)
+    lams = np.array([cutmix(images, labels, alpha, g)[3] for _ in range(2000)])
+    # Independent simulation of the recipe: lam ~ Beta(alpha, alpha), box side sqrt(1 - lam) * 32
+    # centred uniformly, clipped; clipping shrinks boxes, so the recomputed lam exceeds the drawn one.
+    rng = np.random.default_rng(1)
+    lam0 = rng.beta(alpha, alpha, 20000)
+    cut = (32 * np.sqrt(1 - lam0)).astype(int)
+    c = rng.integers(0, 32, (2, 20000))
+    side = [np.clip(c[i] + cut // 2, 0, 32) - np.clip(c[i] - cut // 2, 0, 32) for i in (0, 1)]
+    expected = 1 - side[0] * side[1] / 1024
+    assert abs(lams.mean() - expected.mean()) < 0.02
+    for q in (0.1, 0.5, 0.9):
+        assert abs(np.quantile(lams, q) - np.quantile(expected, q)) < 0.05
+
+
+#### Loader and augmentation
+
+def test_crop_flip_matches_a_per_image_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    offsets = torch.randint(0, 9, (6, 2), generator=g)
+    flips = torch.tensor([True, False, True, False, True, False])
+    out = crop_flip(x, offsets, flips)
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i in range(6):
+        dy, dx = offsets[i].tolist()
+        ref = padded[i, :, dy:dy + 32, dx:dx + 32]
+        assert torch.equal(out[i], ref.flip(2) if flips[i] else ref)
+
+
+def test_loader_covers_each_image_once_and_is_seeded():
+    images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 3, 32, 32).clone()
+    labels = torch.arange(10)
+
+    def epoch(seed):
+        loader = DeviceLoader(images, labels, 4, [0, 0, 0], [1 / 255] * 3, "cpu", train=True,
+                              augment="none", generator=torch.Generator().manual_seed(seed))
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [4, 4, 2] and len(loader) == 3
+        return torch.cat([y for _, y in batches]), torch.cat([x for x, _ in batches])
+
+    order, x = epoch(1)
+    assert sorted(order.tolist()) == list(range(10))
+    assert torch.equal(x[:, 0, 0, 0], order.float())  # mean 0, std 1/255: raw pixel values
+    assert torch.equal(order, epoch(1)[0])
+    assert not torch.equal(order, epoch(2)[0])
+
+
+def test_normalize_and_channel_stats():
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    z = normalize(x, mean, std)
+    assert z.dtype == torch.float32 and z.shape == x.shape
+    assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-3)

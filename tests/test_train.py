@@ -1,0 +1,224 @@
+"""train.py -> evaluate.py end to end on the CPU, exact resume after SIGKILL, bad input."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = ["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam", "--milestones"]
+
+
+def run_train(tmp_path, name, *extra):
+    return train.main(SYNTH + ["--runs-dir", str(tmp_path / "runs"), "--data-dir",
+                               str(tmp_path / "data"), "--name", name, *extra])
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """A SimpleCNN trained for 6 short epochs on the synthetic set (about 30 s on 2 cores)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    result = run_train(tmp, "syn", "--epochs", "6", "--batch-size", "64")
+    metrics = evaluate.main(["--run", result["run_dir"]])
+    return Path(result["run_dir"]), result, metrics
+
+
+def test_synthetic_run_learns_well_above_chance(synthetic_run):
+    _, result, metrics = synthetic_run
+    assert metrics["test_accuracy"] > 0.6  # chance is 0.1
+    assert metrics["test_accuracy"] == pytest.approx(result["final_test_accuracy"], abs=1e-6)
+    assert metrics["top5_accuracy"] >= metrics["test_accuracy"]
+
+
+def test_run_writes_every_file(synthetic_run):
+    run, _, metrics = synthetic_run
+    for f in ("config.json", "history.csv", "last.pt", "best.pt", "curves.png",
+              "predictions.npz", "metrics.json"):
+        assert (run / f).stat().st_size > 0, f
+    cfg = json.loads((run / "config.json").read_text())
+    for key in ("git_commit", "torch_version", "torchvision_version", "device_name",
+                "wall_seconds", "mean", "std", "classes", "lr", "milestones", "seed"):
+        assert key in cfg, key
+    assert cfg["lr"] == 1e-3 and cfg["status"] == "complete"  # adam's default learning rate
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert set(rows[0]) == set(train.HISTORY_FIELDS)
+    pred = np.load(run / "predictions.npz")
+    assert pred["probs"].shape == (1000, 10) and pred["probs"].dtype == np.float32
+    assert np.allclose(pred["probs"].sum(1), 1, atol=1e-5)
+    assert pred["labels"].dtype == np.int64 and pred["logits"].shape == (1000, 10)
+    assert (pred["probs"].argmax(1) == pred["labels"]).mean() == pytest.approx(metrics["test_accuracy"])
+    assert len(metrics["per_class_accuracy"]) == 10 and metrics["checkpoint"] == "last"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ckpt)
+
+
+def test_best_checkpoint_is_labelled(synthetic_run):
+    run, _, _ = synthetic_run
+    metrics = evaluate.main(["--run", str(run), "--checkpoint", "best"])
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert metrics["checkpoint"] == "best"
+    assert metrics["test_accuracy"] == pytest.approx(max(float(r["test_acc"]) for r in history), abs=1e-6)
+    evaluate.main(["--run", str(run)])  # leave the default files for the other tests
+
+
+def test_resnet18_with_cutmix_and_label_smoothing_runs(tmp_path):
+    result = train.main(["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32",
+                         "--epochs", "1", "--batch-size", "32", "--cutmix-prob", "1",
+                         "--label-smoothing", "0.1", "--runs-dir", str(tmp_path), "--name", "r"])
+    metrics = evaluate.main(["--run", result["run_dir"]])
+    assert metrics["n"] == 32
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["arch"] == "resnet18" and cfg["lr"] == 0.1 and cfg["milestones"] == [25, 40]
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    common_args = ["train.py", *SYNTH, "--limit-train", "1024", "--limit-test", "100",
+                   "--epochs", "4", "--batch-size", "64", "--cutmix-prob", "0.5",
+                   "--label-smoothing", "0.1", "--runs-dir", str(tmp_path)]
+    straight = _cli(*common_args, "--name", "straight")
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen([sys.executable, *common_args, "--name", "killed"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "killed" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # 2 epochs done
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL
+    interrupted = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert interrupted["epoch"] < 4 and not (tmp_path / "killed" / "config.json").exists()
+    resumed = _cli("train.py", "--resume", "--name", "killed", "--runs-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
+
+
+#### Bad input: one sentence, non-zero exit, nothing already written lost
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--cutmix-prob", "1.5"], "--cutmix-prob must be in"),
+    (["--cutmix-alpha", "0"], "--cutmix-alpha must be greater than 0"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in"),
+    (["--arch", "vgg"], "invalid choice: 'vgg'"),
+])
+def test_bad_flags_are_refused(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "synthetic", "--runs-dir", str(tmp_path), *flags])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "cifar10", "--no-download"], "--no-download was given; put the official"),
+    (["--dataset", "synthetic", "--resume", "--name", "nothing"], "--resume needs"),
+])
+def test_user_errors_exit_with_one_sentence(flags, message, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path), *flags])
+    assert message in str(exc.value.code) and str(exc.value.code).startswith("error: ")
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    result = _cli("train.py", "--dataset", "cifar100", "--no-download", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "cifar-100-python.tar.gz" in result.stderr
+
+
+def test_existing_run_is_not_overwritten(synthetic_run):
+    run, _, _ = synthetic_run
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+        train.main(SYNTH + ["--runs-dir", str(run.parent), "--name", run.name, "--epochs", "1"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_ce = torch.nn.CrossEntropyLoss
+
+    class ExplodingCE(real_ce):  # calls 1-3: epoch 1's two steps and its test pass; then NaN
+        def forward(self, *args):
+            calls["n"] += 1
+            loss = super().forward(*args)
+            return loss * float("nan") if calls["n"] > 3 else loss
+    monkeypatch.setattr(train.nn, "CrossEntropyLoss", ExplodingCE)
+    with pytest.raises(SystemExit, match=r"NaN/inf at epoch 2, step 1.*last good checkpoint"):
+        run_train(tmp_path, "nan", "--limit-train", "128", "--limit-test", "16", "--epochs", "3",
+                  "--batch-size", "64")
+    ckpt = torch.load(tmp_path / "runs" / "nan" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_evaluate_missing_run(tmp_path):
+    with pytest.raises(SystemExit, match="run folder .* does not exist"):
+        evaluate.main(["--run", str(tmp_path / "nope")])
+
+
+def _copy_run(run, dest):
+    dest.mkdir()
+    for f in ("config.json", "last.pt"):
+        (dest / f).write_bytes((run / f).read_bytes())
+    return dest
+
+
+def test_evaluate_truncated_checkpoint(synthetic_run, tmp_path):
+    run = _copy_run(synthetic_run[0], tmp_path / "cut")
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match="truncated or corrupt"):
+        evaluate.main(["--run", str(run)])
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("change", [{"arch": "resnet18"}, {"num_classes": 100}])
+def test_evaluate_config_mismatch(synthetic_run, tmp_path, change):
+    run = _copy_run(synthetic_run[0], tmp_path / "mismatch")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(change)
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match="does not match its config"):
+        evaluate.main(["--run", str(run)])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoint_needing_unpickling_is_refused_without_running_code(synthetic_run, tmp_path,
+                                                                      monkeypatch):
+    run = _copy_run(synthetic_run[0], tmp_path / "evil")
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["extra"] = _Payload()
+    torch.save(ckpt, run / "last.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="refused to load .*arbitrary unpickling"):
+        evaluate.main(["--run", str(run)])
+    assert not (tmp_path / "pwned").exists()
