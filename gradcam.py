@@ -1,0 +1,352 @@
+"""Grad-CAM written by hand (hooks on one layer) and the evidence it gives for each failure case.
+
+    python gradcam.py --run runs/baseline                      # cases from runs/baseline/failures.json
+    python gradcam.py --run runs/baseline --layer layer3       # finer 8x8 maps for ResNet-18
+    python gradcam.py --run runs/c10 --cases other/failures.json --checkpoint best
+
+Writes runs/<name>/gradcam.png (per case: the image, the map for the predicted class and the map
+for the true class) and gradcam.npz (the maps, scaled and unscaled), and adds per-case `evidence`
+(mass in the centre, peak, correlation of the two maps, base rates of correctly classified images)
+to failures.json, refreshing automatic hypotheses.
+"""
+import argparse
+import bisect
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (DEFAULT_CAM_LAYER, UserError, atomic_write, cli_guard, dataset_from_config,
+                    load_run, normalize, read_json, resolve_device, save_figure, save_json)
+from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
+
+CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
+
+
+#### Grad-CAM
+
+def grad_cam(model, target_layer, images, targets=None, scaled=True):
+    """Grad-CAM maps (N, H, W) in [0, 1] for normalised images (N, C, H, W) on the model's device.
+
+    targets: None (the predicted class) or one class index per image; the score is the raw logit.
+    scaled=False returns the maps before the per-image scaling, whose magnitudes can be compared.
+    The model runs in eval mode (BatchNorm in train mode would couple the images of a batch) and
+    every module's mode, the parameters' requires_grad and the input are left as they were.
+    Each map is divided by its maximum, so an all-zero map stays zero (pytorch-grad-cam subtracts
+    the minimum first: the maps then differ by an affine map per image, with correlation 1).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if targets is not None:
+        targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+        if len(targets) != len(images):
+            raise ValueError(f"got {len(targets)} targets for {len(images)} images")
+    store = {}
+
+    def hook(module, inputs, output):
+        if "act" in store:
+            raise ValueError("the target layer runs more than once per forward pass (a shared "
+                             "module such as a ResNet block's relu); choose another layer")
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise ValueError("the target layer must output a (N, C, h, w) feature map")
+        # Autograd starts here: the layers before it build no graph, and the backward pass
+        # covers only what follows. Returning a copy lets later in-place ops (ReLU) modify it
+        # without touching the leaf whose gradient we read.
+        store["act"] = output.detach().requires_grad_(True)
+        return store["act"].clone()
+
+    modes = [(m, m.training) for m in model.modules()]
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    handle = target_layer.register_forward_hook(hook)
+    try:
+        model.eval()
+        for p, _ in grad_flags:
+            p.requires_grad_(False)  # no parameter gradients: they are most of a backward pass
+        with torch.enable_grad():
+            logits = model(images)  # (N, num_classes)
+            if "act" not in store:
+                raise ValueError("the target layer was not used in the forward pass")
+            if targets is None:
+                targets = logits.argmax(1)
+            elif targets.min() < 0 or targets.max() >= logits.shape[1]:
+                raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
+            # The images are independent in eval mode, so the gradient of the summed scores
+            # holds each image's own gradient.
+            score = logits.gather(1, targets[:, None]).sum()
+            act = store["act"]  # (N, K, h, w)
+            grad, = torch.autograd.grad(score, act)
+    finally:
+        handle.remove()
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+    with torch.no_grad():
+        weights = grad.float().mean((2, 3), keepdim=True)  # (N, K, 1, 1)
+        cam = F.relu((weights * act.float()).sum(1, keepdim=True))  # (N, 1, h, w)
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return scale_per_image(cam) if scaled else cam
+
+
+def scale_per_image(cam):
+    """(N, H, W) non-negative maps divided by their maxima; an all-zero map stays zero."""
+    peak = cam.amax((1, 2), keepdim=True)
+    return torch.where(peak > 0, cam / peak.clamp(min=torch.finfo(cam.dtype).tiny), cam)
+
+
+def find_layer(model, name, arch):
+    """The module called `name`, or a UserError listing the names that make sense to pass."""
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    top = [n for n in modules if n and "." not in n]
+    nested = [n for n, m in modules.items() if "." in n and isinstance(m, torch.nn.Conv2d)]
+    hint = f" or a nested module such as {nested[-1]}" if nested else ""
+    raise UserError(f"unknown --layer {name!r} for {arch}; choose one of {', '.join(top)}{hint}")
+
+
+#### Evidence: numbers a hypothesis can be checked against
+
+def centre_mask(h, w):
+    """Pixels whose centres lie in the central box of CENTRE_AREA of the image's area."""
+    side = CENTRE_AREA ** 0.5
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    lo, hi = (1 - side) / 2, (1 + side) / 2
+    return ((ys >= lo) & (ys <= hi))[:, None] & ((xs >= lo) & (xs <= hi))[None, :]
+
+
+def map_stats(cam, box=None):
+    """Centre mass share, peak (row, col) and, with an object box (x0, y0, x1, y1), box stats."""
+    total = float(cam.sum())
+    peak = divmod(int(cam.argmax()), cam.shape[1])
+    centre = float(cam[centre_mask(*cam.shape)].sum())
+    stats = {"centre_mass": round(centre / total, 4) if total else None, "peak": list(peak),
+             "empty": total == 0}
+    if box is not None:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        stats["peak_in_box"] = bool(total and y0 <= peak[0] < y1 and x0 <= peak[1] < x1)
+        stats["box_mass"] = round(float(cam[y0:y1, x0:x1].sum()) / total, 4) if total else None
+    return stats
+
+
+def correlation(a, b):
+    a, b = a.flatten().double(), b.flatten().double()
+    if a.std() == 0 or b.std() == 0:
+        return None  # a constant map has no place it prefers
+    return round(float(torch.corrcoef(torch.stack([a, b]))[0, 1]), 4)
+
+
+def reference_rates(model, layer, ds, rows, mean, std, device, batch=256):
+    """Base rates from the correctly classified images among test rows: how empty, central and
+    (synthetic) on the object their maps are. A case's numbers mean little without them."""
+    stats = []
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        x = normalize(ds.test_x[r].to(device), mean, std)
+        with torch.no_grad():
+            keep = model(x).argmax(1).cpu() == ds.test_y[r]
+        if keep.any():
+            boxes = ds.test_boxes[r][keep] if ds.test_boxes is not None else [None] * int(keep.sum())
+            stats += map(map_stats, grad_cam(model, layer, x[keep.to(device)]).cpu(), boxes)
+    n = max(len(stats), 1)
+    ref = {"n": len(stats), "empty_share": round(sum(s["empty"] for s in stats) / n, 4),
+           "centre_mass": sorted(s["centre_mass"] for s in stats if not s["empty"])}
+    if ds.test_boxes is not None:
+        ref["peak_in_box_rate"] = round(sum(s["peak_in_box"] for s in stats) / n, 4)
+    return ref
+
+
+def cam_suggestions(case, ev, layer, ref):
+    """Short statements the measurements support, prefixed so a re-run can replace them."""
+    tag, out = f"Grad-CAM ({layer}):", []
+    pred, true, r = ev["pred"], ev["true"], ev["pred_true_correlation"]
+    known = ref["n"] > 0  # base rates exist
+    if pred["empty"]:
+        base = f"; {100 * ref['empty_share']:.0f}% of correct predictions have one" if known else ""
+        out.append(f"{tag} no positive evidence for the predicted class at this layer (empty map{base})")
+    elif "peak_in_box" in pred:
+        if not pred["peak_in_box"]:
+            out.append(f"{tag} attention off the object: the predicted-class peak lies outside the "
+                       "object box" + (f" (inside for {100 * ref['peak_in_box_rate']:.0f}% of correct "
+                                       "predictions)" if known else ""))
+    elif known and pred["centre_mass_percentile"] <= 0.1:
+        out.append(f"{tag} attention on the border: {100 * pred['centre_mass']:.0f}% of the "
+                   f"predicted-class map lies in the central {100 * ev['centre_area']:.0f}% of the "
+                   f"image, less than for {100 * (1 - pred['centre_mass_percentile']):.0f}% of "
+                   "correct predictions")
+    if case["pred"] == case["true"]:
+        return out
+    if true["empty"]:
+        out.append(f"{tag} no positive evidence for the true class {case['true_name']} at this layer")
+    elif "peak_in_box" in true and not true["peak_in_box"]:
+        out.append(f"{tag} the true-class evidence lies off the object (peak outside the box)")
+    if r is not None and r >= 0.8:
+        out.append(f"{tag} predicted and true class look at the same region (r={r:.2f}): "
+                   "the same evidence, weighed differently")
+    elif r is not None and r <= 0.2:
+        out.append(f"{tag} predicted and true class look at different regions (r={r:.2f})")
+    return out
+
+
+#### Figure
+
+def overlay(image_u8, cam, size=128):
+    """The image upscaled (bicubic) with the map in OpenCV's JET colours blended on top, RGB uint8."""
+    import cv2
+    img = cv2.resize(image_u8.permute(1, 2, 0).numpy(), (size, size), interpolation=cv2.INTER_CUBIC)
+    if cam is None:
+        return img
+    heat = cv2.resize(cam.numpy().astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.uint8(255 * heat.clip(0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
+    return np.uint8(0.5 * img + 0.5 * heat)
+
+
+def plot(cases, images, maps_pred, maps_true, boxes, layer, title, path, per_band=5):
+    """Cases as columns, in bands of per_band: image / predicted-class map / true-class map."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(cases)
+    bands, cols = -(-n // per_band), min(n, per_band)
+    fig, axes = plt.subplots(3 * bands, cols, figsize=(1.3 * cols + 0.4, 4.9 * bands + 0.5),
+                             squeeze=False, layout="constrained")
+    rows = ("image", "predicted class", "true class")
+    for ax in axes.flat:
+        ax.set(xticks=[], yticks=[])
+        ax.axis("off")
+    for i, case in enumerate(cases):
+        band, col = divmod(i, per_band)
+        panels = ((None, f"#{case['index']}\ntrue {case['true_name']}"),
+                  (maps_pred[i], f"pred {case['pred_name']}\n{fmt_p(case['confidence'])}"),
+                  (maps_true[i], f"true {case['true_name']}\n{fmt_p(case['true_prob'])}"))
+        for r, (cam, label) in enumerate(panels):
+            ax = axes[3 * band + r, col]
+            ax.axis("on")
+            ax.imshow(overlay(images[i], cam), interpolation="nearest")
+            if cam is not None and not cam.any():
+                label += ", empty map"  # all blue would otherwise read as "uniformly low"
+            ax.set_title(label, fontsize=8, pad=2)
+            if boxes is not None:  # synthetic data: the object's box, scaled to 128 px
+                x0, y0, x1, y1 = (4 * float(v) - 0.5 for v in boxes[i])
+                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white",
+                                           lw=0.8, ls="--"))
+            if col == 0:
+                ax.set_ylabel(rows[r], fontsize=8)
+    fig.suptitle(f"{title}\nGrad-CAM at {layer}, each map scaled to [0, 1] per image (blue 0, red 1):"
+                 "\ncompare places within a map, not strengths across maps", fontsize=8)
+    save_figure(fig, path, dpi=200)
+    plt.close(fig)
+
+
+#### Command line
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="run folder with failures.json from failures.py")
+    p.add_argument("--cases", default=None, help="failures.json to explain and annotate "
+                   "(default: <run>/failures.json)")
+    p.add_argument("--layer", default=None, help="any module name of the model "
+                   "(default: layer4 for resnet18, relu3 (conv3 rectified) for simplecnn)")
+    # Default: the checkpoint evaluate.py used, so the maps explain the predictions analysed.
+    p.add_argument("--checkpoint", default=None, choices=("last", "best"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
+    # Base rates from a fixed sample's correctly classified images: a few seconds on a CPU.
+    p.add_argument("--reference", type=int, default=256,
+                   help="test images sampled for base rates (their correctly classified ones)")
+    return p
+
+
+def load_cases(path, run):
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run python failures.py --run {run} first")
+    failures = read_json(path, "failures file")
+    if not isinstance(failures, dict) or not failures.get("cases"):
+        raise UserError(f"{path} has no cases; write it with failures.py")
+    return failures, failures["cases"]
+
+
+def explain(args):
+    run = Path(args.run)
+    cases_path = Path(args.cases) if args.cases else run / "failures.json"
+    failures, cases = load_cases(cases_path, run)
+    checkpoint, metrics = args.checkpoint, run / "metrics.json"
+    if checkpoint is None and metrics.is_file():
+        checkpoint = read_json(metrics, "metrics").get("checkpoint")
+    checkpoint = checkpoint or "last"
+    device = resolve_device(args.device)
+    model, config, _ = load_run(run, checkpoint, device)
+    layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
+    layer = find_layer(model, layer_name, config["arch"])
+    ds = dataset_from_config(config, args.data_dir)
+    mean, std = config["mean"], config["std"]
+    rows = torch.tensor([c["row"] for c in cases])
+    if rows.max() >= len(ds.test_y) or any(int(ds.test_indices[c["row"]]) != c["index"] for c in cases):
+        raise UserError(f"{cases_path} does not match this run's test set; re-run failures.py")
+    x = normalize(ds.test_x[rows].to(device), mean, std)
+    pred = torch.tensor([c["pred"] for c in cases], device=device)
+    true = torch.tensor([c["true"] for c in cases], device=device)
+    with torch.no_grad():
+        conf = model(x).float().softmax(1).cpu()[torch.arange(len(cases)), pred.cpu()]
+    if (conf - torch.tensor([c["confidence"] for c in cases])).abs().max() > 1e-3:
+        raise UserError(f"the {checkpoint} checkpoint does not reproduce the probabilities in "
+                        f"{cases_path}; pass the --checkpoint evaluate.py used, or re-run "
+                        "evaluate.py and failures.py")
+    sample = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:args.reference]
+    try:
+        raw_pred = grad_cam(model, layer, x, pred, scaled=False).cpu()  # (N, H, W)
+        raw_true = grad_cam(model, layer, x, true, scaled=False).cpu()
+        ref = reference_rates(model, layer, ds, sample, mean, std, device)
+    except ValueError as e:
+        raise UserError(f"--layer {layer_name}: {e}") from None
+
+    maps_pred, maps_true = scale_per_image(raw_pred), scale_per_image(raw_true)
+    boxes = ds.test_boxes[rows] if ds.test_boxes is not None else None
+    area = float(centre_mask(*x.shape[-2:]).float().mean())
+    for i, case in enumerate(cases):
+        ev = {"layer": layer_name, "checkpoint": checkpoint, "centre_area": round(area, 4),
+              "pred_true_correlation": correlation(maps_pred[i], maps_true[i])}
+        for key, cam in (("pred", maps_pred[i]), ("true", maps_true[i])):
+            ev[key] = map_stats(cam, boxes[i] if boxes is not None else None)
+            if ref["centre_mass"] and not ev[key]["empty"]:  # share of correct predictions at or below
+                below = bisect.bisect_right(ref["centre_mass"], ev[key]["centre_mass"])
+                ev[key]["centre_mass_percentile"] = round(below / len(ref["centre_mass"]), 4)
+        case["evidence"] = ev
+        case["suggestions"] = [s for s in case.get("suggestions", []) if not s.startswith("Grad-CAM")]
+        case["suggestions"] += cam_suggestions(case, ev, layer_name, ref)
+        if case.get("hypothesis_source", "auto") == "auto":
+            case["hypothesis"] = compose_hypothesis(case)
+    cm = ref.pop("centre_mass")
+    quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
+    failures["gradcam_reference"] = dict(layer=layer_name, **ref, centre_mass_quartiles=quartiles)
+
+    # The evidence first: make treats gradcam.npz, written after it, as up to date.
+    save_json(failures, cases_path)
+
+    def write_npz(f):
+        np.savez_compressed(f, maps_pred=maps_pred.numpy(), maps_true=maps_true.numpy(),
+                            raw_pred=raw_pred.numpy(), raw_true=raw_true.numpy(),
+                            indices=np.array([c["index"] for c in cases]), rows=rows.numpy(),
+                            pred=pred.cpu().numpy(), true=true.cpu().numpy(),
+                            classes=np.array(config["classes"]), layer=np.array(layer_name),
+                            checkpoint=np.array(checkpoint))
+    atomic_write(run / "gradcam.npz", write_npz)
+    plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
+         f"{run.name}: where the network looked ({checkpoint} checkpoint)", run / "gradcam.png")
+    print(f"{run / 'gradcam.png'}: Grad-CAM at {layer_name} for {len(cases)} cases; "
+          f"evidence written to {cases_path}")
+    return {"maps_pred": maps_pred, "maps_true": maps_true, "cases": cases, "layer": layer_name,
+            "reference": failures["gradcam_reference"]}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.reference < 0:
+        parser.error("--reference must be at least 0")
+    return cli_guard(explain, args)
+
+
+if __name__ == "__main__":
+    main()
