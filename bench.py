@@ -104,7 +104,7 @@ def bench(args):
                                   channels_last=True, **extra)))
     print(f"{args.arch}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} "
           f"warm-up, on {device_name(device)}, torch {torch.__version__}")
-    print(f"| pipeline | images/s | s per 50k-image epoch | vs (a) |\n|---|---|---|---|")
+    print("| pipeline | images/s | s per 50k-image epoch | vs (a) |\n|---|---|---|---|")
     results = {}
     for label, kw in cases:
         ips = time_training(args.arch, ds.num_classes, device=device, steps=args.steps,

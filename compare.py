@@ -1,0 +1,373 @@
+"""Compare a baseline and an improved run on the same test set: what changed, where, and how surely.
+
+    python compare.py --baseline runs/baseline --improved runs/cutmix --out runs/compare
+    python compare.py --baseline runs/baseline --improved runs/cutmix \
+        --cases runs/baseline/failures.json --out runs/compare     # + failure re-check, Grad-CAM
+
+Needs each run's predictions.npz and metrics.json (evaluate.py). Writes to --out: comparison.json
+(2x2 table with McNemar's exact test, paired bootstrap interval, high-confidence errors, per-class
+changes, the baseline's failure cases re-checked, provenance) and confidence, high_confidence,
+per_class (and with --cases gradcam_compare) figures as PNG and PDF.
+"""
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import (DEFAULT_CAM_LAYER, UserError, cli_guard, dataset_from_config, git_commit,
+                    load_run, normalize, read_json, resolve_device, save_figure, save_json)
+from gradcam import grad_cam, overlay  # the same maps and blending as gradcam.py's figures
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+TOP_K = 5  # classes named as largest gains and losses
+# Keys of config.json that describe a run's bookkeeping or results, not how the model was trained.
+NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_download", "eval_batch_size",
+                "mean", "std", "n_train", "n_test", "git_commit", "torch_version",
+                "torchvision_version", "python_version", "device_name", "status", "wall_seconds",
+                "final_test_accuracy", "best_test_accuracy", "best_epoch", "train_images_per_second"}
+STYLE = {"font.size": 7.5, "axes.titlesize": 8, "axes.labelsize": 7.5, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "legend.fontsize": 7}  # >= 7 pt at print size (3.3 or 7 in wide)
+BASE_C, IMPR_C, GOOD_C, BAD_C = "#4c72b0", "#dd8452", "#55a868", "#c44e52"
+
+
+#### Loading
+
+def load_side(run):
+    """predictions.npz, config.json and metrics.json of one run."""
+    run, path = Path(run), Path(run) / "predictions.npz"
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist; train it with train.py and evaluate it first")
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run python evaluate.py --run {run} first")
+    with np.load(path) as f:
+        side = {k: f[k] for k in ("probs", "labels", "indices")}
+    side.update(run=run, config=read_json(run / "config.json", "run config"),
+                metrics=read_json(run / "metrics.json", "metrics"))
+    side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
+    side["correct"] = side["pred"] == side["labels"]
+    return side
+
+
+def check_same_test_set(b, i):
+    if (b["labels"].shape != i["labels"].shape or not np.array_equal(b["labels"], i["labels"])
+            or not np.array_equal(b["indices"], i["indices"])):
+        raise UserError(f"{b['run']} and {i['run']} were not evaluated on the same test set "
+                        f"({len(b['labels'])} vs {len(i['labels'])} images, or different indices "
+                        "or labels); compare runs with the same --dataset and --limit-test")
+    if b["config"]["classes"] != i["config"]["classes"]:
+        raise UserError(f"{b['run']} and {i['run']} have different class lists; "
+                        "they were trained on different datasets")
+
+
+#### Statistics
+
+def mcnemar_exact_p(b, c):
+    """Two-sided exact McNemar test: binomial test of b successes in b + c trials at p = 0.5."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)  # exact integer ratio, correctly rounded to a float
+
+
+def two_by_two(correct_b, correct_i):
+    n = len(correct_b)
+    counts = {"corrected": int((~correct_b & correct_i).sum()),
+              "worsened": int((correct_b & ~correct_i).sum()),
+              "both_wrong": int((~correct_b & ~correct_i).sum()),
+              "both_right": int((correct_b & correct_i).sum())}
+    out = dict(counts, n_test=n, shares={k: round(v / n, 6) for k, v in counts.items()})
+    out["mcnemar_p"] = mcnemar_exact_p(counts["corrected"], counts["worsened"])
+    return out
+
+
+def bootstrap_ci(corrected, worsened, n, resamples, seed):
+    """Paired bootstrap 95% percentile interval of accuracy(improved) - accuracy(baseline).
+
+    Resampling n test images with replacement only changes how many corrected (+1) and worsened
+    (-1) images the resample holds, so drawing those counts from a multinomial is exactly the
+    image bootstrap, vectorised over all resamples at O(resamples) memory.
+    """
+    rng = np.random.default_rng(seed)
+    p = np.array([corrected, worsened, n - corrected - worsened], dtype=np.float64) / n
+    counts = rng.multinomial(n, p, size=resamples)  # (resamples, 3)
+    diffs = (counts[:, 0] - counts[:, 1]) / n
+    return [round(float(v), 6) for v in np.percentile(diffs, [2.5, 97.5])]
+
+
+def high_confidence_table(b, i, thresholds=THRESHOLDS):
+    """Wrong predictions with max-softmax >= t, per threshold; rates over all test images."""
+    n, rows = len(b["labels"]), []
+    for t in thresholds:
+        nb = int(((b["conf"] >= t) & ~b["correct"]).sum())
+        ni = int(((i["conf"] >= t) & ~i["correct"]).sum())
+        rows.append({"threshold": t, "baseline": nb, "improved": ni,
+                     "baseline_rate": round(nb / n, 6), "improved_rate": round(ni / n, 6),
+                     "reduction": nb - ni, "relative_reduction": round((nb - ni) / nb, 6) if nb else None})
+    return rows
+
+
+def per_class_changes(b, i, classes):
+    """Accuracy of each class for both models and its change (None for a class with no test image)."""
+    rows = []
+    for c, name in enumerate(classes):
+        mask = b["labels"] == c
+        k = int(mask.sum())
+        acc_b = round(float(b["correct"][mask].mean()), 6) if k else None
+        acc_i = round(float(i["correct"][mask].mean()), 6) if k else None
+        rows.append({"class": c, "name": name, "n": k, "baseline": acc_b, "improved": acc_i,
+                     "change": round(acc_i - acc_b, 6) if k else None})
+    ranked = sorted((r for r in rows if r["n"]), key=lambda r: (r["change"], r["class"]))
+    gains = [r for r in reversed(ranked) if r["change"] > 0][:TOP_K]
+    losses = [r for r in ranked if r["change"] < 0][:TOP_K]
+    return rows, gains, losses
+
+
+def confidence_summary(side, bins):
+    out = {}
+    for group, mask in (("correct", side["correct"]), ("wrong", ~side["correct"])):
+        conf = side["conf"][mask]
+        out[group] = {"n": int(mask.sum()), "mean": round(float(conf.mean()), 6) if mask.any() else None,
+                      "histogram": np.histogram(conf, bins)[0].tolist()}
+    return out
+
+
+def recheck_cases(cases_path, b, i, classes):
+    """The baseline's failure cases with the improved model's prediction on the same image."""
+    data = read_json(cases_path, "failures file")
+    cases = data.get("cases") if isinstance(data, dict) else None
+    if not cases:
+        raise UserError(f"{cases_path} has no cases; write it with python failures.py --run {b['run']}")
+    out = []
+    for case in cases:
+        r = case.get("row", -1)
+        if not (0 <= r < len(b["labels"]) and int(b["indices"][r]) == case.get("index")
+                and int(b["labels"][r]) == case.get("true")):
+            raise UserError(f"{cases_path} does not match the test set of {b['run']}; "
+                            f"re-run python failures.py --run {b['run']}")
+        if int(b["pred"][r]) != case.get("pred"):
+            raise UserError(f"{cases_path} was not written from the predictions of {b['run']}; "
+                            "pass the baseline's failures.json")
+        t, p = case["true"], int(i["pred"][r])
+        out.append({"index": case["index"], "row": r, "true": t, "true_name": classes[t],
+                    "baseline_pred": case["pred"], "baseline_pred_name": classes[case["pred"]],
+                    "baseline_confidence": round(float(b["conf"][r]), 6),
+                    "baseline_true_prob": round(float(b["probs"][r, t]), 6),
+                    "improved_pred": p, "improved_pred_name": classes[p],
+                    "improved_confidence": round(float(i["conf"][r]), 6),
+                    "improved_true_prob": round(float(i["probs"][r, t]), 6), "fixed": p == t})
+    return out
+
+
+def provenance(b, i):
+    def side(s):
+        c = s["config"]
+        return {"run": str(s["run"]), "checkpoint": s["metrics"].get("checkpoint"),
+                "epoch": s["metrics"].get("epoch"),
+                **{k: c.get(k) for k in ("name", "seed", "git_commit", "arch", "dataset", "epochs",
+                                         "label_smoothing", "cutmix_prob", "cutmix_alpha", "augment")}}
+    cb, ci = b["config"], i["config"]
+    changed = sorted(k for k in set(cb) | set(ci) if k not in NOT_SETTINGS and cb.get(k) != ci.get(k))
+    return {"runs": {"baseline": side(b), "improved": side(i)}, "changed_settings": changed,
+            "changed_values": {k: {"baseline": cb.get(k), "improved": ci.get(k)} for k in changed},
+            "same_checkpoint": b["metrics"].get("checkpoint") == i["metrics"].get("checkpoint")}
+
+
+#### Figures
+
+def _save(fig, out, stem, plt):
+    """PNG for viewing, PDF for the report (no creation date, so the same figure gives the same bytes)."""
+    save_figure(fig, out / f"{stem}.png", dpi=200, bbox_inches="tight")
+    save_figure(fig, out / f"{stem}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
+    plt.close(fig)
+
+
+def plot_confidence(b, i, names, bins, out, plt):
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.3), sharey=True)
+    for ax, side, name in zip(axes, (b, i), names):
+        for group, mask, colour in (("correct", side["correct"], GOOD_C), ("wrong", ~side["correct"], BAD_C)):
+            conf = side["conf"][mask]
+            if len(conf):
+                ax.hist(conf, bins, weights=np.full(len(conf), 1 / len(conf)), color=colour, alpha=0.6,
+                        label=f"{group} (n={len(conf)}, mean {conf.mean():.2f})")
+        ax.set(title=name, xlabel="max-softmax confidence", xlim=(0, 1))
+        ax.legend(loc="best", frameon=False)
+    axes[0].set_ylim(0, axes[0].get_ylim()[1] * 1.3)  # headroom for the legends
+    axes[0].set_ylabel("share of the group")
+    _save(fig, out, "confidence", plt)
+
+
+def plot_high_confidence(table, names, out, plt):
+    fig, ax = plt.subplots(figsize=(3.4, 2.4))
+    x = np.arange(len(table))
+    rb = np.array([100 * r["baseline_rate"] for r in table])
+    ri = np.array([100 * r["improved_rate"] for r in table])
+    ax.bar(x - 0.2, rb, 0.4, color=BASE_C, label=names[0])
+    ax.bar(x + 0.2, ri, 0.4, color=IMPR_C, label=names[1])
+    for k, r in enumerate(table):
+        if r["relative_reduction"] is not None:
+            ax.text(k, max(rb[k], ri[k]), f"{-100 * r['relative_reduction']:+.0f}%", ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{r['threshold']:g}" for r in table])
+    ax.set(xlabel="confidence threshold t", ylabel="wrong with conf. >= t (% of test)")
+    ax.set_ylim(0, max(rb.max(), ri.max(), 0.1) * 1.25)
+    ax.legend(frameon=False, loc="upper right")
+    ax.set_title("High-confidence errors (labels: change vs baseline)")
+    _save(fig, out, "high_confidence", plt)
+
+
+def plot_per_class(rows, gains, losses, out, plt):
+    rows = sorted((r for r in rows if r["n"]), key=lambda r: (r["change"], r["class"]))
+    ch = np.array([100 * r["change"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.bar(np.arange(len(rows)), ch, 0.8, color=np.where(ch >= 0, GOOD_C, BAD_C))
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(xlim=(-1, len(rows)), ylabel="accuracy change (points)",
+           title=f"Per-class accuracy change, improved - baseline: {int((ch > 0).sum())} classes up, "
+                 f"{int((ch < 0).sum())} down, {int((ch == 0).sum())} unchanged")
+    if len(rows) <= 25:  # few classes: every name fits as a tick label
+        ax.set_xticks(np.arange(len(rows)), [r["name"] for r in rows], rotation=45, ha="right")
+    else:  # many classes: name only the largest losses (left end) and gains (right end), fanned out
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(rows)} classes, sorted by change")
+        pos = {r["class"]: k for k, r in enumerate(rows)}
+        for named, start in ((losses, 0.03), (gains, 0.97 - 0.05 * (len(gains) - 1))):
+            for j, r in enumerate(sorted(named, key=lambda r: pos[r["class"]])):
+                ax.annotate(f"{r['name']} ({100 * r['change']:+.1f})", (pos[r["class"]], 0),
+                            xycoords=ax.get_xaxis_transform(), xytext=(start + 0.05 * j, -0.12),
+                            textcoords="axes fraction", rotation=90, ha="center", va="top", fontsize=7,
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0,
+                                        "shrinkB": 1, "relpos": (0.5, 1)})
+    _save(fig, out, "per_class", plt)
+
+
+def gradcam_rows(args, b, i, rechecked, device):
+    """Images and the four maps per case; refuses checkpoints that do not reproduce predictions.npz."""
+    rows = [c["row"] for c in rechecked]
+    ds = dataset_from_config(b["config"], args.data_dir)
+    images = ds.test_x[rows]
+    maps = {}
+    for key, side in (("baseline", b), ("improved", i)):
+        ckpt = side["metrics"].get("checkpoint", "last")
+        model, config, _ = load_run(side["run"], ckpt, device)
+        x = normalize(images.to(device), config["mean"], config["std"])
+        with torch.no_grad():
+            probs = model(x).float().softmax(1).cpu().numpy()
+        if np.abs(probs - side["probs"][rows]).max() > 1e-3:
+            raise UserError(f"the {ckpt} checkpoint of {side['run']} does not reproduce its "
+                            f"predictions.npz; re-run python evaluate.py --run {side['run']}")
+        layer = model.get_submodule(DEFAULT_CAM_LAYER[config["arch"]])
+        for target in ("pred", "true"):
+            t = [c[f"{key}_pred"] if target == "pred" else c["true"] for c in rechecked]
+            maps[key, target] = grad_cam(model, layer, x, t).cpu()  # (N, H, W) in [0, 1]
+    return images, maps, DEFAULT_CAM_LAYER[b["config"]["arch"]]
+
+
+def plot_gradcam(rechecked, images, maps, layer, names, out, plt):
+    cols = [("image", None, None), (f"{names[0]}\nits prediction", "baseline", "pred"),
+            (f"{names[1]}\nits prediction", "improved", "pred"),
+            (f"{names[0]}\ntrue class", "baseline", "true"), (f"{names[1]}\ntrue class", "improved", "true")]
+    n = len(rechecked)
+    fig, axes = plt.subplots(n, 5, figsize=(7, 1.5 * n + 0.9), squeeze=False, layout="constrained")
+    for k, c in enumerate(rechecked):
+        for j, (head, key, target) in enumerate(cols):
+            ax = axes[k, j]
+            ax.imshow(overlay(images[k], maps[key, target][k] if key else None), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if key:  # the class the map is for, with that model's probability; red if it is wrong
+                name, prob = ((c[f"{key}_pred_name"], c[f"{key}_confidence"]) if target == "pred"
+                              else (c["true_name"], c[f"{key}_true_prob"]))
+                ax.set_title(f"{name} " + (f"p={prob:.2f}" if prob >= 0.005 else "p<0.01"), fontsize=7, pad=2,
+                             color=BAD_C if name != c["true_name"] else "black")
+            if k == 0:  # column heads above the first row's titles
+                ax.annotate(head, (0.5, 1), xycoords="axes fraction", xytext=(0, 12 if key else 2),
+                            textcoords="offset points", ha="center", va="bottom", weight="bold")
+        axes[k, 0].set_ylabel(f"#{c['index']} {c['true_name']}\n{'fixed' if c['fixed'] else 'STILL FAILING'}",
+                              color="black" if c["fixed"] else BAD_C)
+    fig.suptitle(f"Grad-CAM at {layer}, baseline vs improved (red: a wrong prediction). Each map is "
+                 "scaled to [0, 1] per image,\nso magnitudes are not comparable across models or maps; "
+                 "compare where each map looks.", fontsize=7.5)
+    _save(fig, out, "gradcam_compare", plt)
+
+
+#### Command line
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--baseline", required=True, help="baseline run folder (evaluated)")
+    p.add_argument("--improved", required=True, help="improved run folder (evaluated)")
+    p.add_argument("--cases", default=None, help="the baseline's failures.json to re-check (+ Grad-CAM)")
+    p.add_argument("--out", required=True, help="folder for comparison.json and the figures")
+    # 2000 resamples: each limit moves by about 0.03 points (s.d.) between seeds on 10,000 images.
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="for Grad-CAM")
+    p.add_argument("--data-dir", default=None, help="override the runs' --data-dir (Grad-CAM images)")
+    return p
+
+
+def compare(args):
+    out = Path(args.out)
+    for run in (args.baseline, args.improved):
+        if out.resolve() == Path(run).resolve():
+            raise UserError(f"--out {out} is a run folder; write the comparison to its own folder, "
+                            "for example runs/compare")
+    b, i = load_side(args.baseline), load_side(args.improved)
+    check_same_test_set(b, i)
+    classes, names = b["config"]["classes"], (b["run"].name, i["run"].name)
+    table = two_by_two(b["correct"], i["correct"])
+    acc_b, acc_i = float(b["correct"].mean()), float(i["correct"].mean())
+    rows, gains, losses = per_class_changes(b, i, classes)
+    bins = np.linspace(0, 1, 21)
+    result = {**table, "accuracy_baseline": round(acc_b, 6), "accuracy_improved": round(acc_i, 6),
+              "accuracy_difference": round(acc_i - acc_b, 6),
+              "bootstrap_ci95": bootstrap_ci(table["corrected"], table["worsened"], table["n_test"],
+                                             args.bootstrap, args.seed),
+              "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "method": "paired, percentile"},
+              "high_confidence_errors": high_confidence_table(b, i),
+              "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(b, bins),
+                             "improved": confidence_summary(i, bins)},
+              "per_class": rows, "top_gains": gains, "top_losses": losses, "cases": None,
+              "figures": ["confidence", "high_confidence", "per_class"], **provenance(b, i),
+              "git_commit": git_commit()}
+    if not result["same_checkpoint"]:
+        print(f"warning: the runs were evaluated with different checkpoints "
+              f"({b['metrics'].get('checkpoint')} vs {i['metrics'].get('checkpoint')})")
+    if args.cases:
+        result["cases"] = recheck_cases(args.cases, b, i, classes)
+        result["cases_file"] = str(args.cases)
+    cam = None
+    if result["cases"]:  # before any figure is written: it checks the checkpoints against predictions.npz
+        cam = gradcam_rows(args, b, i, result["cases"], resolve_device(args.device))
+        result["figures"].append("gradcam_compare")
+        result["gradcam_layer"] = cam[2]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with plt.rc_context(STYLE):
+        plot_confidence(b, i, names, bins, out, plt)
+        plot_high_confidence(result["high_confidence_errors"], names, out, plt)
+        plot_per_class(rows, gains, losses, out, plt)
+        if cam is not None:
+            plot_gradcam(result["cases"], *cam, names, out, plt)
+    save_json(result, out / "comparison.json")
+    lo, hi = result["bootstrap_ci95"]
+    print(f"{out / 'comparison.json'}: accuracy {100 * acc_b:.2f}% -> {100 * acc_i:.2f}% "
+          f"({100 * (acc_i - acc_b):+.2f} points, 95% CI {100 * lo:+.2f} to {100 * hi:+.2f}); "
+          f"corrected {table['corrected']}, worsened {table['worsened']}, "
+          f"McNemar p={table['mcnemar_p']:.3g}")
+    return result
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.bootstrap < 1:
+        parser.error("--bootstrap must be at least 1")
+    return cli_guard(compare, args)
+
+
+if __name__ == "__main__":
+    main()

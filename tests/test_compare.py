@@ -1,0 +1,298 @@
+"""compare.py: 2x2 table and McNemar's exact test, bootstrap, thresholds, per-class changes,
+failure re-check, bad input, and a run on two trained synthetic models with Grad-CAM."""
+import copy
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import compare
+import evaluate
+import train
+
+
+def probs_for(pred, conf, num_classes):
+    """Softmax-like rows whose argmax is pred with max-probability conf (rest spread evenly)."""
+    pred, conf = np.asarray(pred), np.asarray(conf, dtype=np.float64)
+    p = np.repeat(((1 - conf) / (num_classes - 1))[:, None], num_classes, 1)
+    p[np.arange(len(pred)), pred] = conf
+    return p.astype(np.float32)
+
+
+def make_run(path, labels, pred, conf=None, num_classes=10, indices=None, checkpoint="last", **config):
+    """A run folder as train.py + evaluate.py leave it, without a checkpoint."""
+    path.mkdir(parents=True)
+    labels = np.asarray(labels)
+    conf = np.full(len(labels), 0.9) if conf is None else conf
+    probs = probs_for(pred, conf, num_classes)
+    cfg = {"arch": "simplecnn", "dataset": "synthetic", "name": path.name, "seed": 42, "epochs": 4,
+           "label_smoothing": 0.0, "cutmix_prob": 0.0, "augment": "none", "num_classes": num_classes,
+           "classes": [f"c{k}" for k in range(num_classes)], "superclasses": None,
+           "git_commit": "abc", "wall_seconds": 1.0, **config}
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "metrics.json").write_text(json.dumps({"test_accuracy": float((probs.argmax(1) == labels).mean()),
+                                                   "checkpoint": checkpoint, "epoch": 4}))
+    np.savez(path / "predictions.npz", probs=probs, labels=labels, logits=np.log(probs),
+             indices=np.arange(len(labels)) if indices is None else np.asarray(indices))
+    return path
+
+
+def run_compare(tmp_path, *extra):
+    return compare.main(["--baseline", str(tmp_path / "base"), "--improved", str(tmp_path / "impr"),
+                         "--out", str(tmp_path / "cmp"), "--bootstrap", "500", *extra])
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """20 images: 9 corrected, 1 worsened, 3 wrong for both, 7 right for both."""
+    labels = np.arange(20) % 10
+    wrong = (labels + 1) % 10
+    base_ok = np.array([0] * 9 + [1] + [0] * 3 + [1] * 7, bool)
+    impr_ok = np.array([1] * 9 + [0] + [0] * 3 + [1] * 7, bool)
+    make_run(tmp_path / "base", labels, np.where(base_ok, labels, wrong))
+    make_run(tmp_path / "impr", labels, np.where(impr_ok, labels, wrong), cutmix_prob=0.5,
+             label_smoothing=0.1, seed=7)
+    return tmp_path
+
+
+#### Statistics on hand-made predictions
+
+def test_two_by_two_shares_and_mcnemar(pair):
+    result = run_compare(pair)
+    assert (result["corrected"], result["worsened"], result["both_wrong"], result["both_right"]) == (9, 1, 3, 7)
+    assert result["shares"] == {"corrected": 0.45, "worsened": 0.05, "both_wrong": 0.15, "both_right": 0.35}
+    assert result["mcnemar_p"] == pytest.approx(2 * (1 + 10) / 2 ** 10, rel=1e-12)  # 0.021484375
+    assert (result["accuracy_baseline"], result["accuracy_improved"]) == (0.4, 0.8)
+    assert result["accuracy_difference"] == pytest.approx(0.4)
+    assert result["changed_settings"] == ["cutmix_prob", "label_smoothing", "seed"]
+    assert result["changed_values"]["cutmix_prob"] == {"baseline": 0.0, "improved": 0.5}
+    saved = json.loads((pair / "cmp" / "comparison.json").read_text())
+    assert saved["mcnemar_p"] == result["mcnemar_p"] and saved["corrected"] == 9
+    for stem in ("confidence", "high_confidence", "per_class"):
+        for ext in ("png", "pdf"):
+            assert (pair / "cmp" / f"{stem}.{ext}").stat().st_size > 1000
+    assert not (pair / "cmp" / "gradcam_compare.png").exists()
+
+
+@pytest.mark.parametrize("b, c, p", [(0, 0, 1.0), (5, 5, 1.0), (1, 9, 0.021484375), (9, 1, 0.021484375),
+                                     (0, 10, 2 / 1024), (3, 4, 1.0)])
+def test_mcnemar_exact_p(b, c, p):
+    assert compare.mcnemar_exact_p(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_matches_normal_approximation_for_many_pairs():
+    b, c = 400, 500
+    z = (abs(c - b) - 1) / math.sqrt(b + c)  # with continuity correction
+    assert compare.mcnemar_exact_p(b, c) == pytest.approx(math.erfc(z / math.sqrt(2)), rel=0.03)
+
+
+def test_no_discordant_pairs(tmp_path):
+    labels = np.arange(30) % 10
+    pred = np.where(np.arange(30) < 20, labels, (labels + 3) % 10)
+    make_run(tmp_path / "base", labels, pred)
+    make_run(tmp_path / "impr", labels, pred)
+    result = run_compare(tmp_path)
+    assert result["mcnemar_p"] == 1.0 and result["corrected"] == result["worsened"] == 0
+    assert result["bootstrap_ci95"] == [0.0, 0.0] and result["changed_settings"] == []
+
+
+def test_bootstrap_contains_difference_and_is_reproducible():
+    ci = compare.bootstrap_ci(60, 20, 400, 2000, seed=0)
+    assert ci[0] < 0.1 < ci[1]
+    assert compare.bootstrap_ci(60, 20, 400, 2000, seed=0) == ci
+    assert compare.bootstrap_ci(60, 20, 400, 2000, seed=1) != ci
+
+
+def test_bootstrap_matches_resampling_images():
+    """The multinomial shortcut gives the interval of resampling the images themselves."""
+    n, corrected, worsened = 300, 45, 15
+    d = np.zeros(n)
+    d[:corrected], d[corrected:corrected + worsened] = 1, -1
+    rows = np.random.default_rng(5).integers(0, n, (4000, n))
+    direct = np.percentile(d[rows].mean(1), [2.5, 97.5])
+    assert compare.bootstrap_ci(corrected, worsened, n, 4000, seed=3) == pytest.approx(direct, abs=0.01)
+
+
+def test_high_confidence_table():
+    labels = np.zeros(10, int)
+    b = {"labels": labels, "conf": np.array([0.55, 0.65, 0.95, 0.995, 0.4, 0.99, 0.9, 0.9, 0.9, 0.9]),
+         "correct": np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1], bool)}
+    i = {"labels": labels, "conf": np.array([0.5, 0.3, 0.3, 0.96, 0.99, 0.99, 0.9, 0.9, 0.9, 0.9]),
+         "correct": np.array([0, 0, 1, 0, 1, 1, 1, 1, 1, 1], bool)}
+    table = {r["threshold"]: r for r in compare.high_confidence_table(b, i)}
+    assert [table[t]["baseline"] for t in compare.THRESHOLDS] == [4, 3, 2, 2, 2, 2, 1]
+    assert [table[t]["improved"] for t in compare.THRESHOLDS] == [2, 1, 1, 1, 1, 1, 0]
+    assert table[0.5]["baseline_rate"] == 0.4 and table[0.5]["improved_rate"] == 0.2
+    assert table[0.5]["reduction"] == 2 and table[0.5]["relative_reduction"] == 0.5
+    assert table[0.99]["relative_reduction"] == 1.0
+    none = compare.high_confidence_table(i, i)
+    assert none[-1]["relative_reduction"] is None and none[-1]["reduction"] == 0
+
+
+def test_per_class_changes_and_named_classes():
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    b_ok = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1], bool)
+    i_ok = np.array([0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1], bool)
+    rows, gains, losses = compare.per_class_changes({"labels": labels, "correct": b_ok},
+                                                    {"labels": labels, "correct": i_ok},
+                                                    [f"c{k}" for k in range(7)])
+    assert [r["change"] for r in rows] == [-1.0, 1.0, 0.5, -0.5, 0.0, 0.0, None]
+    assert rows[6] == {"class": 6, "name": "c6", "n": 0, "baseline": None, "improved": None, "change": None}
+    assert [r["name"] for r in gains] == ["c1", "c2"] and [r["name"] for r in losses] == ["c0", "c3"]
+
+
+def test_per_class_with_100_classes_names_five_each_way(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100), 10)
+    make_run(tmp_path / "base", labels, np.where(rng.random(1000) < 0.6, labels, (labels + 1) % 100),
+             num_classes=100)
+    make_run(tmp_path / "impr", labels, np.where(rng.random(1000) < 0.7, labels, (labels + 1) % 100),
+             num_classes=100)
+    result = run_compare(tmp_path)
+    assert len(result["per_class"]) == 100 and len(result["top_gains"]) == len(result["top_losses"]) == 5
+    changes = sorted(r["change"] for r in result["per_class"])
+    assert [r["change"] for r in result["top_gains"]] == changes[::-1][:5]
+    assert [r["change"] for r in result["top_losses"]] == changes[:5]
+
+
+#### Failure cases
+
+def test_cases_are_rechecked_without_gradcam(pair, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradcam", None)  # import gradcam -> ImportError: no figure
+    cases = [{"index": 0, "row": 0, "true": 0, "pred": 1}, {"index": 1, "row": 1, "true": 1, "pred": 2},
+             {"index": 10, "row": 10, "true": 0, "pred": 1}]
+    (pair / "failures.json").write_text(json.dumps({"cases": cases}))
+    result = run_compare(pair, "--cases", str(pair / "failures.json"))
+    fixed = {c["index"]: c["fixed"] for c in result["cases"]}
+    assert fixed == {0: True, 1: True, 10: False}
+    first = result["cases"][0]
+    assert first["improved_pred"] == 0 and first["improved_pred_name"] == "c0"
+    assert first["improved_confidence"] == pytest.approx(0.9, abs=1e-6)
+    assert first["improved_true_prob"] == pytest.approx(0.9, abs=1e-6)
+    assert result["cases"][2]["improved_true_prob"] == pytest.approx(0.1 / 9, abs=1e-6)
+    assert "gradcam_compare" not in result["figures"]
+
+
+#### Bad input: one sentence, exit 1, nothing written
+
+def _fails(tmp_path, message, *extra):
+    with pytest.raises(SystemExit) as exc:
+        run_compare(tmp_path, *extra)
+    assert exc.value.code.startswith("error: ") and message in exc.value.code
+    assert "\n" not in exc.value.code
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("field", ["indices", "labels", "length"])
+def test_different_test_sets_are_refused(tmp_path, field):
+    labels = np.arange(20) % 10
+    make_run(tmp_path / "base", labels, labels)
+    if field == "indices":
+        make_run(tmp_path / "impr", labels, labels, indices=np.arange(20) + 1)
+    elif field == "labels":
+        make_run(tmp_path / "impr", labels[::-1], labels[::-1])
+    else:
+        make_run(tmp_path / "impr", labels[:10], labels[:10])
+    _fails(tmp_path, "were not evaluated on the same test set")
+
+
+def test_missing_predictions_say_run_evaluate(pair):
+    (pair / "impr" / "predictions.npz").unlink()
+    _fails(pair, f"run python evaluate.py --run {pair / 'impr'} first")
+
+
+def test_out_equal_to_a_run_folder_is_refused(pair):
+    with pytest.raises(SystemExit, match="is a run folder"):
+        compare.main(["--baseline", str(pair / "base"), "--improved", str(pair / "impr"),
+                      "--out", str(pair / "impr")])
+    assert not (pair / "impr" / "comparison.json").exists()
+
+
+def test_cases_from_another_run_are_refused(pair):
+    (pair / "failures.json").write_text(json.dumps({"cases": [{"index": 9, "row": 9, "true": 9, "pred": 0}]}))
+    _fails(pair, "was not written from the predictions of", "--cases", str(pair / "failures.json"))
+    (pair / "failures.json").write_text(json.dumps({"cases": [{"index": 5, "row": 99, "true": 5, "pred": 6}]}))
+    _fails(pair, "does not match the test set of", "--cases", str(pair / "failures.json"))
+
+
+def test_bad_bootstrap_flag(pair, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_compare(pair, "--bootstrap", "0")
+    assert exc.value.code == 2 and "--bootstrap must be at least 1" in capsys.readouterr().err
+
+
+#### Two trained synthetic models, Grad-CAM included
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Baseline and CutMix+smoothing SimpleCNNs (1 epoch on 256 images), evaluated on 120 images."""
+    root = tmp_path_factory.mktemp("cmp")
+    synthetic = common.make_synthetic()  # generating it takes seconds; every load reuses a copy
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "make_synthetic", lambda: copy.copy(synthetic))
+        flags = ["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam", "--milestones",
+                 "--epochs", "1", "--batch-size", "64", "--limit-train", "256", "--limit-test", "120",
+                 "--runs-dir", str(root), "--device", "cpu"]
+        train.main(flags + ["--name", "base", "--augment", "none"])
+        train.main(flags + ["--name", "impr", "--cutmix-prob", "0.5", "--label-smoothing", "0.1"])
+        for name in ("base", "impr"):
+            evaluate.main(["--run", str(root / name), "--device", "cpu"])
+        yield root
+
+
+def write_cases(run, rows, path):
+    """A hand-made failures.json for the given rows of run's predictions."""
+    pred = np.load(run / "predictions.npz")
+    cases = [{"index": int(pred["indices"][r]), "row": int(r), "true": int(pred["labels"][r]),
+              "pred": int(pred["probs"][r].argmax()), "confidence": float(pred["probs"][r].max())}
+             for r in rows]
+    path.write_text(json.dumps({"cases": cases}))
+    return path
+
+
+def test_end_to_end_with_gradcam(trained, monkeypatch):
+    root = trained
+    pred = np.load(root / "base" / "predictions.npz")
+    labels, right = pred["labels"], pred["probs"].argmax(1) == pred["labels"]
+    rows = [*np.flatnonzero(~right)[:2], np.flatnonzero(right)[0]]
+    titles, save = {}, compare._save
+    monkeypatch.setattr(compare, "_save", lambda fig, out, stem, plt: (
+        titles.__setitem__(stem, fig.get_suptitle()), save(fig, out, stem, plt)))
+    result = compare.main(["--baseline", str(root / "base"), "--improved", str(root / "impr"), "--cases",
+                           str(write_cases(root / "base", rows, root / "failures.json")),
+                           "--out", str(root / "cmp"), "--device", "cpu"])
+    saved = json.loads((root / "cmp" / "comparison.json").read_text())
+    metrics = json.loads((root / "base" / "metrics.json").read_text())
+    assert saved["accuracy_baseline"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert sum(saved[k] for k in ("corrected", "worsened", "both_wrong", "both_right")) == 120
+    assert {"label_smoothing", "cutmix_prob", "augment"} <= set(saved["changed_settings"])
+    assert saved["runs"]["baseline"]["checkpoint"] == "last" and saved["same_checkpoint"]
+    assert len(saved["per_class"]) == 10 and len(saved["high_confidence_errors"]) == 7
+    impr = np.load(root / "impr" / "predictions.npz")["probs"]
+    assert [c["fixed"] for c in saved["cases"]] == [bool(impr[r].argmax() == labels[r]) for r in rows]
+    assert saved["figures"] == ["confidence", "high_confidence", "per_class", "gradcam_compare"]
+    assert saved["gradcam_layer"] == "relu3" and result["cases"] == saved["cases"]
+    assert "scaled to [0, 1] per image" in titles["gradcam_compare"]
+    assert "not comparable across models" in titles["gradcam_compare"]
+    for stem in saved["figures"]:
+        for ext in ("png", "pdf"):
+            assert (root / "cmp" / f"{stem}.{ext}").stat().st_size > 1000, stem
+
+
+def test_stale_predictions_are_refused_before_gradcam(trained, tmp_path):
+    root = trained
+    for name in ("base", "impr"):  # copies, so the other test's runs stay intact
+        (tmp_path / name).mkdir()
+        for f in ("config.json", "metrics.json", "predictions.npz", "last.pt"):
+            (tmp_path / name / f).write_bytes((root / name / f).read_bytes())
+    state = torch.load(tmp_path / "impr" / "last.pt", weights_only=True)
+    state["model"]["fc2.bias"] += 5 * torch.arange(10.0)  # a different model than evaluated
+    torch.save(state, tmp_path / "impr" / "last.pt")
+    cases = write_cases(tmp_path / "base", [0], tmp_path / "failures.json")
+    with pytest.raises(SystemExit, match="does not reproduce its predictions.npz"):
+        run_compare(tmp_path, "--cases", str(cases), "--device", "cpu")
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
