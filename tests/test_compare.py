@@ -3,7 +3,6 @@ failure re-check, bad input, and a run on two trained synthetic models with Grad
 import copy
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -161,12 +160,13 @@ def test_per_class_with_100_classes_names_five_each_way(tmp_path):
 
 #### Failure cases
 
-def test_cases_are_rechecked_without_gradcam(pair, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gradcam", None)  # import gradcam -> ImportError: no figure
+def test_cases_are_rechecked(pair):
+    # recheck_cases alone: these fake runs have no checkpoints for the Grad-CAM figure.
     cases = [{"index": 0, "row": 0, "true": 0, "pred": 1}, {"index": 1, "row": 1, "true": 1, "pred": 2},
              {"index": 10, "row": 10, "true": 0, "pred": 1}]
     (pair / "failures.json").write_text(json.dumps({"cases": cases}))
-    result = run_compare(pair, "--cases", str(pair / "failures.json"))
+    b, i = compare.load_side(pair / "base"), compare.load_side(pair / "impr")
+    result = {"cases": compare.recheck_cases(pair / "failures.json", b, i, b["config"]["classes"])}
     fixed = {c["index"]: c["fixed"] for c in result["cases"]}
     assert fixed == {0: True, 1: True, 10: False}
     first = result["cases"][0]
@@ -174,7 +174,6 @@ def test_cases_are_rechecked_without_gradcam(pair, monkeypatch):
     assert first["improved_confidence"] == pytest.approx(0.9, abs=1e-6)
     assert first["improved_true_prob"] == pytest.approx(0.9, abs=1e-6)
     assert result["cases"][2]["improved_true_prob"] == pytest.approx(0.1 / 9, abs=1e-6)
-    assert "gradcam_compare" not in result["figures"]
 
 
 #### Bad input: one sentence, exit 1, nothing written
