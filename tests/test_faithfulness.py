@@ -1,0 +1,235 @@
+"""faithfulness.py: deletion/insertion curves on hand-built models whose answer is known, their
+batching, seeding and side effects, and the command line on a tiny synthetic run."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import evaluate
+import failures
+import faithfulness
+import train
+from faithfulness import blurred, deletion_insertion
+
+H = W = 32
+
+
+class MaskModel(nn.Module):
+    """10 logits: class 0 scores the image's match to a +-1 checkerboard inside `mask`, the
+    others are 0. Only the mask's pixels matter, and both the mean image (0) and a blur (which
+    erases a checkerboard) leave no evidence: probability 1/10."""
+
+    def __init__(self, mask, scale=6.0):
+        super().__init__()
+        checker = (torch.arange(H)[:, None] + torch.arange(W)[None, :]) % 2 * 2 - 1
+        self.register_buffer("pattern", (checker * mask).float() / mask.sum())
+        self.scale = scale
+
+    def forward(self, x):
+        s = self.scale * (x.mean(1) * self.pattern).sum((1, 2))
+        return torch.cat([s[:, None], torch.zeros(len(x), 9)], 1)
+
+
+def mask_case(n=4):
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[8:16, 4:20] = True  # 128 pixels: one eighth of the image
+    model = MaskModel(mask)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, H, W, generator=g)  # noise the model ignores
+    images = torch.where(mask, model.pattern.sign(), images)  # the object: the +-1 checkerboard
+    return model, images, mask
+
+
+def test_mask_map_beats_random_and_inverted_map_loses():
+    model, images, mask = mask_case()
+    targets = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        assert model(images).softmax(1)[:, 0].min() > 0.97  # a confident start
+    maps = mask.float().expand(4, H, W)
+    good = deletion_insertion(model, images, maps, targets)
+    bad = deletion_insertion(model, images, 1 - maps, targets)
+    rnd = deletion_insertion(model, images, None, targets, generator=torch.Generator().manual_seed(0))
+    # Analytically: mask first gives deletion ~0.16 and insertion ~0.95, random order ~0.62 both.
+    assert (good["deletion_auc"] < rnd["deletion_auc"] - 0.3).all()
+    assert (good["insertion_auc"] > rnd["insertion_auc"] + 0.25).all()
+    assert (bad["deletion_auc"] > rnd["deletion_auc"] + 0.2).all()
+    assert (bad["insertion_auc"] < rnd["insertion_auc"] - 0.3).all()
+    # Two steps of 64 pixels remove the whole mask: from then on only the baseline is left.
+    torch.testing.assert_close(good["deletion"][:, 2:], torch.full((4, 15), 0.1))
+
+
+def test_curves_start_and_end_at_the_right_images():
+    torch.manual_seed(0)
+    model = nn.Sequential(  # any small network will do
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(128, 10)).eval()
+    g = torch.Generator().manual_seed(1)
+    images, maps = torch.randn(3, 3, H, W, generator=g), torch.rand(3, H, W, generator=g)
+    targets = torch.tensor([0, 4, 9])
+    out = deletion_insertion(model, images, maps, targets, steps=5)
+
+    def prob(x):
+        with torch.no_grad():
+            return model(x).softmax(1)[torch.arange(3), targets]
+    assert out["deletion"].shape == out["insertion"].shape == (3, 6)
+    torch.testing.assert_close(out["deletion"][:, 0], prob(images))
+    torch.testing.assert_close(out["deletion"][:, -1], prob(torch.zeros_like(images)))
+    torch.testing.assert_close(out["insertion"][:, 0], prob(blurred(images)))
+    torch.testing.assert_close(out["insertion"][:, -1], prob(images))
+    frac = out["fractions"].double()
+    for key in ("deletion", "insertion"):  # trapezoid, written out
+        c = out[key].double()
+        expected = ((c[:, 1:] + c[:, :-1]) / 2 * frac.diff()).sum(1)
+        torch.testing.assert_close(out[f"{key}_auc"].double(), expected, atol=1e-6, rtol=0)
+
+
+class MeanModel(nn.Module):
+    """Class 0's logit is L times the mean of all values: its log-odds against the other nine
+    classes count how many pixels a step changed."""
+    L = 4.0
+
+    def forward(self, x):
+        return torch.cat([self.L * x.mean((1, 2, 3))[:, None], torch.zeros(len(x), 9)], 1)
+
+
+@pytest.mark.parametrize("steps", [16, 3])
+def test_each_step_changes_its_share_of_pixels(steps):
+    images = torch.ones(2, 3, H, W)
+    out = deletion_insertion(MeanModel(), images, torch.rand(2, H, W), [0, 0], steps=steps)
+    counts = [round(k * H * W / steps) for k in range(steps + 1)]  # 3 steps: 0, 341, 683, 1024
+    assert out["fractions"].tolist() == pytest.approx([c / (H * W) for c in counts])
+    p = out["deletion"].double()
+    log_odds = torch.log(9 * p / (1 - p))
+    expected = torch.tensor([MeanModel.L * (1 - c / (H * W)) for c in counts], dtype=torch.float64)
+    torch.testing.assert_close(log_odds, expected.expand(2, -1), atol=1e-4, rtol=0)
+    # A constant image blurs to itself (the kernel sums to 1, borders reflect): a flat insertion.
+    p_one = math.exp(MeanModel.L) / (math.exp(MeanModel.L) + 9)
+    torch.testing.assert_close(out["insertion"], torch.full_like(out["insertion"], p_one))
+
+
+def test_ties_break_in_raster_order():
+    model, images, _ = mask_case(2)
+    ramp = -torch.arange(H * W, dtype=torch.float32).view(1, H, W).expand(2, H, W)
+    flat = deletion_insertion(model, images, torch.zeros(2, H, W), [0, 0])
+    ordered = deletion_insertion(model, images, ramp, [0, 0])
+    for key in ("deletion", "insertion"):
+        assert torch.equal(flat[key], ordered[key])
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+
+
+def test_batched_equals_image_by_image():
+    model = small_cnn().eval()
+    g = torch.Generator().manual_seed(2)
+    images, maps = torch.randn(5, 3, H, W, generator=g), torch.rand(5, H, W, generator=g)
+    targets = torch.tensor([1, 2, 3, 4, 5])
+    whole = deletion_insertion(model, images, maps, targets, steps=8)
+    chunked = deletion_insertion(model, images, maps, targets, steps=8, batch_size=40)  # 2 images
+    singles = [deletion_insertion(model, images[i:i + 1], maps[i:i + 1], targets[i:i + 1], steps=8)
+               for i in range(5)]
+    for key in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
+        single = torch.cat([s[key] for s in singles])
+        torch.testing.assert_close(whole[key], single, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(whole[key], chunked[key], atol=1e-6, rtol=1e-5)
+
+
+def test_random_order_is_seeded():
+    model, images, _ = mask_case(3)
+
+    def run(seed):
+        return deletion_insertion(model, images, None, [0, 0, 0],
+                                  generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(5), run(5), run(6)
+    assert torch.equal(a["deletion"], b["deletion"]) and torch.equal(a["insertion"], b["insertion"])
+    assert not torch.equal(a["deletion"], c["deletion"])
+
+
+def test_inputs_model_state_and_mode_untouched():
+    model = small_cnn()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics, so train mode would change results
+        model(torch.randn(16, 3, H, W) * 3 + 1)
+    model.eval()
+    g = torch.Generator().manual_seed(3)
+    images, maps = torch.randn(2, 3, H, W, generator=g), torch.rand(2, H, W, generator=g)
+    expected = deletion_insertion(model, images, maps, [3, 7])
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, m = images.clone(), maps.clone()
+    got = deletion_insertion(model, x, m, [3, 7])
+    assert torch.equal(got["deletion"], expected["deletion"])  # evaluated in eval mode
+    assert all(mod.training for mod in model.modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(x, images) and torch.equal(m, maps)
+    with pytest.raises(ValueError, match="maps must be"):
+        deletion_insertion(model, images, maps[:, :16], [3, 7])
+
+
+#### Command line on a tiny synthetic run
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """SimpleCNN, 1 epoch on 640 synthetic images, tested on 60: near chance, which is all a test of
+    the command line needs (a few seconds on 2 cores)."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = train.main(["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam",
+                         "--epochs", "1", "--batch-size", "64", "--milestones", "--limit-train",
+                         "640", "--limit-test", "60", "--runs-dir", str(runs), "--name", "tiny"])
+    evaluate.main(["--run", result["run_dir"]])
+    failures.main(["--run", result["run_dir"], "--num-cases", "3"])
+    return Path(result["run_dir"])
+
+
+def test_cli_writes_faithfulness(tiny_run):
+    out = faithfulness.main(["--run", str(tiny_run), "--steps", "8", "--device", "cpu"])
+    data = json.loads((tiny_run / "faithfulness.json").read_text())
+    assert (tiny_run / "faithfulness.png").stat().st_size > 0
+    assert data["checkpoint"] == json.loads((tiny_run / "metrics.json").read_text())["checkpoint"]
+    assert data["layer"] == "relu3" and data["steps"] == 8 and data["fractions"][::8] == [0, 1]
+    s = data["sample"]
+    assert s["n"] == 60  # --sample 500 is capped at the test set
+    for name in ("gradcam", "random"):
+        for c in ("deletion", "insertion"):
+            assert 0 <= s[name][f"{c}_auc"]["mean"] <= 1 and s[name][f"{c}_auc"]["std"] >= 0
+        curves = s["mean_curves"][name]
+        # Both orders start from the same images and end at the same images.
+        assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1], abs=1e-4)
+        assert curves["deletion"][0] == pytest.approx(s["mean_curves"]["gradcam"]["deletion"][0])
+    probs = np.load(tiny_run / "predictions.npz")["probs"]  # all 60 images: their mean confidence
+    assert s["mean_curves"]["gradcam"]["deletion"][0] == pytest.approx(probs.max(1).mean(), abs=1e-3)
+    assert 0 <= s["gradcam_beats_random"]["deletion"] <= 1
+    cases = json.loads((tiny_run / "failures.json").read_text())["cases"]
+    assert [c["index"] for c in data["cases"]] == [c["index"] for c in cases]
+    for c, ref in zip(data["cases"], cases):
+        assert c["pred"] == ref["pred"] and c["confidence"] == pytest.approx(ref["confidence"])
+        for t in ("pred_class", "true_class"):
+            assert set(c[t]) == {"gradcam", "random"}
+            assert all(0 <= v <= 1 for r in c[t].values() for v in r.values())
+    assert data["cases_summary"]["true"]["n"] == 3 and data["commit"] and data["seconds"] > 0
+    assert out["sample"] == data["sample"]
+
+
+def test_cli_bad_input(tiny_run, tmp_path):
+    run = str(tiny_run)
+    for argv, message in (
+            (["--steps", "1"], "--steps must be at least 2"),
+            (["--sample", "0"], "--sample must be at least 1"),
+            (["--layer", "conv9"], r"unknown --layer 'conv9' for simplecnn"),
+            (["--cases", str(tmp_path / "none.json")], "write it with python failures.py")):
+        with pytest.raises(SystemExit, match=message):
+            faithfulness.main(["--run", run, "--device", "cpu"] + argv)
+    bare = tmp_path / "bare"  # trained but never evaluated
+    bare.mkdir()
+    shutil.copy(tiny_run / "config.json", bare)
+    with pytest.raises(SystemExit, match="run python evaluate.py"):
+        faithfulness.main(["--run", str(bare)])
+    assert not (bare / "faithfulness.json").exists()
