@@ -1,0 +1,386 @@
+"""report.py: LaTeX escaping, prose that follows the numbers, bad input, a CIFAR-100-shaped study
+(100 classes, superclasses, 5 cases, an analyst's hypothesis full of LaTeX specials) built from the
+real plotting functions, and the whole smoke chain through make with a byte-identical rebuild.
+
+The tests that compile LaTeX skip without latexmk/pdflatex, unless REQUIRE_LATEX=1 (CI) makes them fail.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import report
+
+REPO = Path(__file__).resolve().parent.parent
+SPECIAL_HYPOTHESIS = r"50% of aquarium_fish & #1 {x} ~ ^ \ $ <cue> → “quoted” ≥ 0.9"
+
+
+def need_latex():
+    missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
+    if missing:
+        message = f"{' and '.join(missing)} not installed (apt-get install {report.LATEX_PACKAGES})"
+        if os.environ.get("REQUIRE_LATEX") == "1":
+            pytest.fail(f"REQUIRE_LATEX=1 but {message}")
+        pytest.skip(message)
+
+
+def fls_inputs(fls):
+    """Absolute paths of every file LaTeX read, from a -recorder .fls file."""
+    lines = fls.read_text().splitlines()
+    pwd = Path(next(ln[4:] for ln in lines if ln.startswith("PWD ")))
+    return {os.path.normpath(pwd / ln[6:]) for ln in lines if ln.startswith("INPUT ")}
+
+
+def pdf_pages(build_dir):
+    log = (build_dir / "report.log").read_text(errors="replace")
+    return int(re.search(r"Output written on .*?\((\d+)\s+pages?", log, re.S).group(1))
+
+
+#### Escaping and prose
+
+@pytest.mark.parametrize("text, expected", [
+    ("aquarium_fish", r"aquarium\_fish"),
+    ("50% & #1", r"50\% \& \#1"),
+    ("{a} $b$", r"\{a\} \$b\$"),
+    ("~^", r"\textasciitilde{}\textasciicircum{}"),
+    ("a\\b", r"a\textbackslash{}b"),
+    ("p >= 0.99, a -> b", r"p \textgreater{}= 0.99, a -\textgreater{} b"),
+    ("line\nbreak\ttab", "line break tab"),
+    ("café → x", r"café \textrightarrow{} x"),
+    ("日", "?"),
+])
+def test_tex_escape(text, expected):
+    assert report.tex_escape(text) == expected
+
+
+def test_escaped_text_has_no_unescaped_specials():
+    out = report.tex_escape(SPECIAL_HYPOTHESIS)
+    stripped = re.sub(r"\\[a-zA-Z]+\{\}|\\ensuremath\{\\geq\}|\\[&%$#_{}]", "", out)
+    assert not set(stripped) & set("&%$#_{}~^\\")
+
+
+def comparison(acc_b, acc_i, corrected, worsened, ci, p, hc_b, hc_i, mean_b=0.8, mean_i=0.7):
+    n = 1000
+    both_wrong = round(n * (1 - acc_b)) - corrected
+    return {"n_test": n, "accuracy_baseline": acc_b, "accuracy_improved": acc_i,
+            "accuracy_difference": round(acc_i - acc_b, 6), "bootstrap_ci95": ci, "mcnemar_p": p,
+            "corrected": corrected, "worsened": worsened, "both_wrong": both_wrong,
+            "both_right": n - corrected - worsened - both_wrong,
+            "high_confidence_errors": [{"threshold": 0.5, "baseline": 2 * hc_b, "improved": 2 * hc_i},
+                                       {"threshold": 0.9, "baseline": hc_b, "improved": hc_i}],
+            "confidence": {"baseline": {"correct": {"mean": mean_b}},
+                           "improved": {"correct": {"mean": mean_i}}},
+            "changed_values": {"cutmix_prob": {"baseline": 0.0, "improved": 0.5},
+                               "label_smoothing": {"baseline": 0.0, "improved": 0.1}}}
+
+
+BETTER = comparison(0.60, 0.75, 200, 50, [0.12, 0.18], 1e-30, 40, 10)
+WORSE = comparison(0.75, 0.74, 40, 50, [-0.03, 0.01], 0.34, 10, 40, mean_b=0.7, mean_i=0.8)
+
+
+def test_prose_follows_the_numbers():
+    good, bad = report.accuracy_sentence(BETTER), report.accuracy_sentence(WORSE)
+    assert "more accurate" in good and "entirely above zero" in good and "75.00" in good
+    assert "less accurate" in bad and "includes zero" in bad and "74.00" in bad
+    assert "below 0.05" in report.significance_sentence(BETTER)
+    assert "not below 0.05" in report.significance_sentence(WORSE)
+    assert r"10^{-30}" in report.significance_sentence(BETTER)
+    hc_good, hc_bad = report.high_confidence_sentence(BETTER), report.high_confidence_sentence(WORSE)
+    assert "fell from 40 to 10" in hc_good and "less confident" in hc_good
+    assert "rose from 10 to 40" in hc_bad and "more confident" in hc_bad
+    good, bad = report.conclusion_sentence(BETTER, "x"), report.conclusion_sentence(WORSE, "x")
+    assert "raised" in good and "reduced" in good and "not significant" not in good
+    assert "lowered" in bad and "increased" in bad and "not significant" in bad
+    smoke_like = comparison(0.74, 0.20, 90, 630, [-0.6, -0.5], 1e-9, 3, 0)
+    fewer_confident = report.high_confidence_sentence(smoke_like)
+    assert "fell from 3 to 0" in fewer_confident and "while errors at any confidence rose" in fewer_confident
+    no_confident = comparison(0.7, 0.7, 10, 10, [-0.01, 0.01], 1.0, 0, 0)
+    no_confident["high_confidence_errors"][0].update(baseline=17, improved=4)
+    assert "at least 0.5 fell from 17 to 4" in report.high_confidence_sentence(no_confident)
+    same = comparison(0.7, 0.7, 10, 10, [-0.01, 0.01], 1.0, 5, 5)
+    assert "exactly as accurate" in report.accuracy_sentence(same)
+    assert "stayed at 5" in report.high_confidence_sentence(same)
+
+
+def test_optional_sections_follow_the_numbers():
+    cal = {"n_bins": 15, "baseline": {"ece": 0.10, "nll": 1.5, "brier": 0.5},
+           "improved": {"ece": 0.04, "nll": 1.2, "brier": 0.4}}
+    assert "fell" in report.calibration_sentence({"calibration": cal})
+    swapped = {"calibration": dict(cal, baseline=cal["improved"], improved=cal["baseline"])}
+    assert "rose" in report.calibration_sentence(swapped) and report.calibration_sentence({}) == ""
+    cor = {"corruptions": ["fog", "gaussian_noise"], "severities": [1, 2, 3, 4, 5], "n": 100,
+           "mean_corruption_error": {"baseline": 0.5, "improved": 0.6}, "helps_most": [],
+           "hurts_most": ["gaussian_noise"]}
+    s = report.corruptions_sentence({"corruptions": cor})
+    assert "rose" in s and "gaussian noise" in s and "helps" not in s
+    assert report.corruptions_sentence({"corruptions": None}) == ""
+    cases = [{"index": 1, "true_name": "a_b", "improved_pred_name": "c", "fixed": True},
+             {"index": 2, "true_name": "d", "improved_pred_name": "e", "fixed": False}]
+    some = report.cases_sentence({"cases": cases})
+    assert "1 of them" in some and r"\#2 (d" in some
+    assert "none of them" in report.cases_sentence({"cases": cases[1:]})
+    assert "all 1" in report.cases_sentence({"cases": cases[:1]})
+
+
+def test_p_value_never_rounds_across_the_threshold():
+    assert float(re.search(r"= ([\d.]+)", report.p_tex(0.049996)).group(1)) < 0.05
+    assert float(re.search(r"= ([\d.]+)", report.p_tex(0.05)).group(1)) == 0.05
+    assert report.p_tex(0.0) == r"$p < 10^{-300}$"
+    assert report.p_tex(4.03e-101) == r"$p = 4.0\times 10^{-101}$"
+
+
+def test_checkpoint_changes_and_seeds_sentences():
+    last, best = {"checkpoint": "last"}, {"checkpoint": "best"}
+    same = {"epochs": 50, "best_epoch": 50, "final_test_accuracy": 0.6, "best_test_accuracy": 0.6, "seed": 42}
+    differ = dict(same, best_epoch=31, best_test_accuracy=0.62)
+    s = report.checkpoint_sentence(last, last, same, same)
+    assert "final weights" in s and "coincide" in s
+    s = report.checkpoint_sentence(best, best, same, differ)
+    assert "best-on-test" in s and "optimistic" in s and "epoch 31" in s and "not the same" in s
+    assert "different checkpoints" in report.checkpoint_sentence(last, best, same, same)
+    assert "the same seed, 42" in report.seeds_sentence(same, same)
+    assert "seeds 42 and 7" in report.seeds_sentence(same, dict(same, seed=7))
+    two = report.changed_sentence(BETTER)
+    assert "2 settings together" in two and "does not separate their effects" in two
+    seed_only = report.changed_sentence({"changed_values": {"seed": {"baseline": 42, "improved": 43}}})
+    assert "only in their seed" in seed_only and "seed included" not in seed_only
+    augment = {"augment": {"baseline": "none", "improved": "crop-flip"}}
+    one = report.changed_sentence({"changed_values": augment})
+    assert "exactly one setting" in one and "crop + flip" in one
+    assert "identical" in report.changed_sentence({"changed_values": {}})
+    assert "same code version" in report.code_sentence({"git_commit": "abc"}, {"git_commit": "abc"})
+    assert "different code versions" in report.code_sentence({"git_commit": "abc"},
+                                                             {"git_commit": "abd-dirty"})
+    cases = {"cases": [{}, {}], "selection": {"source": "analyst", "rule": "--cases"}}
+    assert "An analyst chose the 2 cases" in report.selection_sentence(cases)
+    auto = {"cases": [{}], "selection": {"source": "auto", "rule": "most confident", "note": "only 0 pass"}}
+    assert "most confident errors" in report.selection_sentence(auto)
+    assert "only 0 pass" in report.selection_sentence(auto)
+
+
+#### A CIFAR-100-shaped study, drawn by the real plotting functions
+
+CLASSES = (["aquarium_fish", "sweet_pepper", "maple_tree", "pickup_truck", "lawn_mower", "willow_tree",
+            "oak_tree", "palm_tree", "pine_tree", "streetcar"] + [f"class{k:02d}" for k in range(10, 100)])
+SUPER = ["large_man-made_outdoor_things", "fruit_and_vegetables", "trees", "vehicles_1", "vehicles_2",
+         "trees", "trees", "trees", "trees", "vehicles_2"] + [f"super{k % 20}" for k in range(10, 100)]
+
+
+def fake_side(rng, labels, accuracy, conf_a, num_classes):
+    right = rng.random(len(labels)) < accuracy
+    pred = np.where(right, labels, (labels + rng.integers(1, num_classes, len(labels))) % num_classes)
+    conf = np.clip(rng.beta(conf_a, 2, len(labels)), 0.02, 0.999)
+    conf = np.maximum(conf, 1.5 / num_classes)
+    probs = np.repeat(((1 - conf) / (num_classes - 1))[:, None], num_classes, 1)
+    probs[np.arange(len(labels)), pred] = conf
+    return probs.astype(np.float32)
+
+
+def write_run(run, name, probs, labels, config):
+    import train
+    run.mkdir(parents=True)
+    acc = float((probs.argmax(1) == labels).mean())
+    history = [{"epoch": e, "train_loss": 4 / e, "train_acc": min(0.99, e / 50), "test_loss": 3.5 / e ** 0.5,
+                "test_acc": acc * (1 - 0.5 / e), "lr": 0.1, "seconds": 10} for e in range(1, 51)]
+    history[-1]["test_acc"] = acc
+    cfg = {**config, "name": name, "final_test_accuracy": acc, "best_test_accuracy": acc, "best_epoch": 50}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "top5_accuracy": min(1, acc + 0.2),
+                                                  "checkpoint": "last", "epoch": 50}))
+    np.savez(run / "predictions.npz", probs=probs, labels=labels, logits=np.log(probs),
+             indices=np.arange(len(labels)))
+    train.plot_curves(history, run / "curves.png")
+
+
+def make_fake_study(study, n=10000, num_cases=5, seed=0):
+    """runs/<study>/ as make study leaves it for resnet18-cifar100, without training anything."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import compare
+    import failures
+    import gradcam
+    rng = np.random.default_rng(seed)
+    c = len(CLASSES)
+    labels = np.arange(n) % c
+    config = {"arch": "resnet18", "dataset": "cifar100", "epochs": 50, "batch_size": 128, "optimizer": "sgd",
+              "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [25, 40], "gamma": 0.1,
+              "label_smoothing": 0.0, "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "augment": "crop-flip",
+              "seed": 42, "runs_dir": str(study), "amp": True, "compile": False, "deterministic": False,
+              "limit_train": None, "limit_test": None, "num_classes": c, "classes": CLASSES,
+              "superclasses": SUPER, "n_train": 50000, "n_test": n, "git_commit": "0123456789abcdef-dirty",
+              "device_name": "NVIDIA H100 80GB HBM3", "wall_seconds": 480.0,
+              "train_images_per_second": 9000.0}
+    base, impr = study / "baseline", study / "improved"
+    write_run(base, "baseline", fake_side(rng, labels, 0.6, 6, c), labels, config)
+    write_run(impr, "improved", fake_side(rng, labels, 0.75, 4, c), labels,
+              dict(config, cutmix_prob=0.5, label_smoothing=0.1))
+    compare.main(["--baseline", str(base), "--improved", str(impr), "--out", str(study / "compare"),
+                  "--bootstrap", "200"])
+
+    b, i = compare.load_side(base), compare.load_side(impr)
+    wrong = np.flatnonzero(~b["correct"])
+    ranked = wrong[np.argsort(-b["conf"][wrong], kind="stable")]
+    rows, _ = failures.select_distinct(ranked, labels, b["pred"], num_cases)
+    rows[1] = int(np.flatnonzero(~b["correct"] & i["correct"] & (labels == 0))[0])  # aquarium_fish, fixed
+    cases = []
+    for k, r in enumerate(rows):
+        case = failures.describe(r, b["probs"], labels, b["indices"], CLASSES, SUPER)
+        case["suggestions"] = failures.suggest(case, {})
+        case["evidence"] = {"layer": "layer4", "checkpoint": "last", "centre_area": 0.5,
+                            "pred_true_correlation": None if k == 2 else 0.31,
+                            "pred": {"centre_mass": 0.42, "peak": [3, 20], "empty": False},
+                            "true": {"centre_mass": None, "peak": [0, 0], "empty": True} if k == 2 else
+                                    {"centre_mass": 0.7, "peak": [16, 16], "empty": False}}
+        case["hypothesis"] = SPECIAL_HYPOTHESIS if k == 1 else failures.compose_hypothesis(case)
+        case["hypothesis_source"] = "analyst" if k == 1 else "auto"
+        cases.append(case)
+    fdata = {"run": str(base), "cases": cases,
+             "selection": {"source": "auto", "rule": "most confident errors"},
+             "summary": {"n_test": n, "n_errors": len(wrong), "accuracy": 1 - len(wrong) / n,
+                         "errors_at_confidence": {"0.5": 900, "0.9": 120, "0.99": 7},
+                         "confused_pairs": [{"true": 0, "true_name": "aquarium_fish", "pred": 1,
+                                             "pred_name": "sweet_pepper", "count": 17}],
+                         "errors_within_superclass": 1500, "share_within_superclass": 1500 / len(wrong)},
+             "gradcam_reference": {"layer": "layer4", "n": 150, "empty_share": 0.02,
+                                   "centre_mass_quartiles": [0.5, 0.6, 0.7]}}
+    (base / "failures.json").write_text(json.dumps(fdata))
+
+    images = torch.randint(0, 256, (len(rows), 3, 32, 32), dtype=torch.uint8)
+    maps = torch.rand(len(rows), 32, 32)
+    failures.plot_gallery(cases, images, "baseline: most confident distinct failures", base / "failures.png")
+    gradcam.plot(cases, images, maps, maps.flip(1), None, "layer4", "baseline: where the network looked",
+                 base / "gradcam.png")
+    rechecked = compare.recheck_cases(base / "failures.json", b, i, CLASSES)
+    cam = {(key, t): maps.roll(3 * j, 2) for j, (key, t) in
+           enumerate((s, t) for s in ("baseline", "improved") for t in ("pred", "true"))}
+    with plt.rc_context(compare.STYLE):
+        compare.plot_gradcam(rechecked, images, cam, "layer4", ("baseline", "improved"), study / "compare",
+                             plt)
+    path = study / "compare" / "comparison.json"
+    cmp = json.loads(path.read_text())
+    cmp.update(cases=rechecked, gradcam_layer="layer4", figures=cmp["figures"] + ["gradcam_compare"])
+    path.write_text(json.dumps(cmp))
+    return study
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory):
+    return make_fake_study(tmp_path_factory.mktemp("fake") / "resnet18-cifar100")
+
+
+@pytest.fixture
+def study_copy(fake_study, tmp_path):
+    return Path(shutil.copytree(fake_study, tmp_path / fake_study.name))
+
+
+RUN_FIGURES = ["baseline/curves.png", "improved/curves.png", "baseline/failures.png", "baseline/gradcam.png"]
+COMPARE_FIGURES = ["confidence", "high_confidence", "per_class", "gradcam_compare"]
+
+
+def check_figures_recorded(study, report_dir):
+    """LaTeX read every figure: the runs' and every one comparison.json lists (at least the four)."""
+    listed_by_compare = json.loads((study / "compare" / "comparison.json").read_text())["figures"]
+    assert set(COMPARE_FIGURES) <= set(listed_by_compare)
+    expected = RUN_FIGURES + [f"compare/{stem}.pdf" for stem in listed_by_compare]
+    read = fls_inputs(report_dir / "build" / "report.fls")
+    missing = [f for f in expected if os.path.normpath(study / f) not in read]
+    assert not missing, f"figures not included: {missing}"
+    manifest = (report_dir / "figures.txt").read_text().split()
+    assert sorted(os.path.normpath(report_dir / p) for p in manifest) == sorted(
+        os.path.normpath(study / f) for f in expected)
+
+
+def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
+    need_latex()
+    out = study_copy / "report.pdf"
+    result = report.main(["--study", str(study_copy), "--out", str(out)])
+    assert out.is_file() and out.read_bytes().startswith(b"%PDF")
+    assert result["pages"] == pdf_pages(study_copy / "report" / "build") <= 6
+    check_figures_recorded(study_copy, study_copy / "report")
+    cases = (study_copy / "report" / "table-cases.tex").read_text()
+    assert report.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
+    assert r"aquarium\_fish" in cases and r"large\_man-made\_outdoor\_things" in cases
+    macros = (study_copy / "report" / "macros.tex").read_text()
+    assert "CIFAR-100" in macros and "ResNet-18" in macros and "more accurate" in macros
+    config = (study_copy / "report" / "table-config.tex").read_text()
+    assert len(re.findall(r"\\rowcolor", config)) == 2  # CutMix probability and label smoothing
+    # Over the page limit: an error, and no PDF at --out.
+    with pytest.raises(SystemExit, match="more than the limit of 2"):
+        report.main(["--study", str(study_copy), "--out", str(study_copy / "short.pdf"), "--max-pages", "2"])
+    assert not (study_copy / "short.pdf").exists()
+
+
+#### Bad input
+
+@pytest.mark.parametrize("missing, producer", [
+    ("compare/comparison.json", "compare.py"), ("compare/gradcam_compare.pdf", "compare.py"),
+    ("baseline/failures.json", "failures.py"), ("baseline/gradcam.png", "gradcam.py"),
+    ("improved/metrics.json", "evaluate.py"), ("improved/config.json", "train.py")])
+def test_missing_input_names_the_step_that_writes_it(study_copy, missing, producer):
+    (study_copy / missing).unlink()
+    with pytest.raises(SystemExit) as e:
+        report.main(["--study", str(study_copy)])
+    message = str(e.value.code)
+    assert message.startswith("error:") and producer in message and missing.split("/")[-1] in message
+    assert "make study STUDY=resnet18-cifar100" in message and "\n" not in message
+    assert not (study_copy / "report.pdf").exists()
+
+
+def test_failures_without_gradcam_evidence_say_run_gradcam(study_copy):
+    path = study_copy / "baseline" / "failures.json"
+    data = json.loads(path.read_text())
+    del data["cases"][0]["evidence"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="gradcam.py"):
+        report.main(["--study", str(study_copy)])
+
+
+def test_missing_latex_is_one_sentence_naming_the_packages(study_copy, monkeypatch):
+    which = shutil.which
+    monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "latexmk" else which(tool))
+    with pytest.raises(SystemExit) as e:
+        report.main(["--study", str(study_copy)])
+    message = str(e.value.code)
+    assert re.search(r"latexmk( and pdflatex)? not found", message) and report.LATEX_PACKAGES in message
+    assert "\n" not in message
+    assert (study_copy / "report" / "macros.tex").is_file()  # the sources are written all the same
+    assert not (study_copy / "report.pdf").exists()
+
+
+def test_latex_error_points_at_the_log(study_copy, monkeypatch, tmp_path):
+    need_latex()
+    broken = tmp_path / "report.tex"
+    broken.write_text(report.TEMPLATE.read_text().replace(r"\maketitle", r"\maketitle\undefinedmacro"))
+    monkeypatch.setattr(report, "TEMPLATE", broken)
+    with pytest.raises(SystemExit) as e:
+        report.main(["--study", str(study_copy)])
+    message = str(e.value.code)
+    assert "LaTeX failed" in message and "report.log" in message and "Undefined control sequence" in message
+    assert not (study_copy / "report.pdf").exists()
+
+
+#### The whole smoke chain through make
+
+def test_smoke_study_end_to_end_and_reproducible(tmp_path):
+    need_latex()
+    # EPOCHS=2 halves the training, the chain's only slow part; every step still runs.
+    proc = subprocess.run(["make", "study", "STUDY=smoke", "EPOCHS=2", f"PY={sys.executable}",
+                           f"RUNS_DIR={tmp_path}", "DEVICE=cpu"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = tmp_path / "smoke"
+    pdf = study / "report.pdf"
+    assert pdf.is_file() and pdf_pages(study / "report" / "build") <= 6
+    check_figures_recorded(study, study / "report")
+    first = pdf.read_bytes()
+    again = report.main(["--study", str(study), "--out", str(study / "report-again.pdf")])
+    assert (study / "report-again.pdf").read_bytes() == first, "the same inputs gave different PDF bytes"
+    assert again["pages"] <= 6
