@@ -137,7 +137,8 @@ def plot_gallery(cases, images_u8, title, path, per_row=5):
     import matplotlib.pyplot as plt
     n = len(cases)
     nrows, ncols = -(-n // per_row), min(n, per_row)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 2.2 * nrows + 0.3), squeeze=False,
+    # At least 4.2 in wide: with three cases the two-line title would be wider than the images.
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(1.4 * ncols, 4.2), 2.2 * nrows + 0.45), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
@@ -232,7 +233,7 @@ def analyse(args):
         raise UserError(f"{run / 'predictions.npz'} does not match the run's test set; "
                         f"re-run python evaluate.py --run {run}")
     what = "analyst-selected cases" if source == "analyst" else "most confident distinct failures"
-    plot_gallery(cases, ds.test_x[rows], f"{run.name}: {what} ({len(wrong)} errors of "
+    plot_gallery(cases, ds.test_x[rows], f"{run.name}: {what}\n({len(wrong)} errors of "
                  f"{len(labels)} test images)", run / "failures.png")
     save_json(result, run / "failures.json")
     listing = ", ".join(f"#{c['index']} {c['true_name']}->{c['pred_name']} ({c['confidence']:.2f})"

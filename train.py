@@ -119,15 +119,19 @@ def plot_curves(history, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
-    for key, label in (("train", "train"), ("test", "test")):
-        ax1.plot(epochs, [h[f"{key}_loss"] for h in history], marker=".", label=label)
-        ax2.plot(epochs, [100 * h[f"{key}_acc"] for h in history], marker=".", label=label)
-    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    from matplotlib.ticker import MaxNLocator
+    # Sized for a page's width, so that 8 pt labels print at about 8 pt in the report.
+    with plt.rc_context({"font.size": 8}):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 2.6))
+        for key, label in (("train", "train"), ("test", "test")):
+            ax1.plot(epochs, [h[f"{key}_loss"] for h in history], marker=".", label=label)
+            ax2.plot(epochs, [100 * h[f"{key}_acc"] for h in history], marker=".", label=label)
+        ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+        ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+        for ax in (ax1, ax2):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=150)
     plt.close(fig)
