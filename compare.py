@@ -4,10 +4,12 @@
     python compare.py --baseline runs/baseline --improved runs/cutmix \
         --cases runs/baseline/failures.json --out runs/compare     # + failure re-check, Grad-CAM
 
-Needs each run's predictions.npz and metrics.json (evaluate.py). Writes to --out: comparison.json
-(2x2 table with McNemar's exact test, paired bootstrap interval, high-confidence errors, per-class
-changes, the baseline's failure cases re-checked, provenance) and confidence, high_confidence,
-per_class (and with --cases gradcam_compare) figures as PNG and PDF.
+Needs each run's predictions.npz and metrics.json (evaluate.py); uses both runs' corruptions.json
+(corruptions.py) when both have one. Writes to --out: comparison.json (2x2 table with McNemar's
+exact test, paired bootstrap interval, high-confidence errors, calibration, per-class changes,
+accuracy under corruptions, the baseline's failure cases re-checked, provenance) and confidence,
+high_confidence, per_class, reliability (corruptions, and with --cases gradcam_compare) figures as
+PNG and PDF.
 """
 import argparse
 import math
@@ -16,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import corruptions
 from common import (DEFAULT_CAM_LAYER, UserError, cli_guard, dataset_from_config, git_commit,
                     load_run, normalize, read_json, resolve_device, save_figure, save_json)
+from evaluate import ECE_BINS, calibration
 from gradcam import grad_cam, overlay  # the same maps and blending as gradcam.py's figures
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -161,6 +165,14 @@ def recheck_cases(cases_path, b, i, classes):
     return out
 
 
+def calibration_summary(b, i):
+    """NLL, Brier and ECE of both models (evaluate.calibration on predictions.npz) and their change."""
+    cal = {k: calibration(s["probs"], s["labels"]) for k, s in (("baseline", b), ("improved", i))}
+    out = {"n_bins": ECE_BINS, **{k: {m: round(c[m], 6) for m in ("nll", "brier", "ece")} for k, c in cal.items()}}
+    out["difference"] = {m: round(cal["improved"][m] - cal["baseline"][m], 6) for m in ("nll", "brier", "ece")}
+    return out, cal
+
+
 def provenance(b, i):
     def side(s):
         c = s["config"]
@@ -243,6 +255,32 @@ def plot_per_class(rows, gains, losses, out, plt):
     _save(fig, out, "per_class", plt)
 
 
+def plot_reliability(cal, names, out, plt):
+    """Guo et al.'s reliability diagram (accuracy per confidence bin), the bins' shares of images below."""
+    fig, axes = plt.subplots(2, 2, figsize=(7, 3.4), sharex=True, height_ratios=(3, 1), layout="constrained")
+    for col, key, name in zip(axes.T, ("baseline", "improved"), names):
+        c, r = cal[key], cal[key]["reliability"]
+        edges, count = np.array(r["edges"]), np.array(r["count"])
+        full = count > 0
+        acc = np.array([r["accuracy"][k] for k in np.flatnonzero(full)])
+        conf = np.array([r["confidence"][k] for k in np.flatnonzero(full)])
+        width = edges[1] - edges[0]
+        col[0].bar(edges[:-1][full], acc, width, align="edge", color=BASE_C, edgecolor="white", lw=0.4,
+                   label="accuracy")
+        col[0].bar(edges[:-1][full], conf - acc, width, bottom=acc, align="edge", color=BAD_C, alpha=0.35,
+                   edgecolor=BAD_C, lw=0.4, label="gap to mean confidence")
+        col[0].plot([0, 1], [0, 1], "--", color="0.3", lw=0.8, label="perfect calibration")
+        col[0].text(0.03, 0.97, f"ECE {100 * c['ece']:.2f}%\nNLL {c['nll']:.3f}\nBrier {c['brier']:.3f}",
+                    transform=col[0].transAxes, va="top", fontsize=7)
+        col[0].set(title=name, xlim=(0, 1), ylim=(0, 1))
+        col[1].bar(edges[:-1], 100 * count / count.sum(), width, align="edge", color="0.5", edgecolor="white", lw=0.4)
+        col[1].set_xlabel(f"confidence (max softmax), {len(count)} bins")
+    axes[0, 0].set_ylabel("accuracy in bin")
+    axes[1, 0].set_ylabel("% of images")
+    axes[0, 1].legend(loc="lower right", frameon=False)
+    _save(fig, out, "reliability", plt)
+
+
 def gradcam_rows(args, b, i, rechecked, device):
     """Images and the four maps per case; refuses checkpoints that do not reproduce predictions.npz."""
     rows = [c["row"] for c in rechecked]
@@ -321,6 +359,8 @@ def compare(args):
     acc_b, acc_i = float(b["correct"].mean()), float(i["correct"].mean())
     rows, gains, losses = per_class_changes(b, i, classes)
     bins = np.linspace(0, 1, 21)
+    cal_summary, cal = calibration_summary(b, i)
+    grids = [corruptions.load_grid(s["run"], s["metrics"]) for s in (b, i)]
     result = {**table, "accuracy_baseline": round(acc_b, 6), "accuracy_improved": round(acc_i, 6),
               "accuracy_difference": round(acc_i - acc_b, 6),
               "bootstrap_ci95": bootstrap_ci(table["corrected"], table["worsened"], table["n_test"],
@@ -329,12 +369,20 @@ def compare(args):
               "high_confidence_errors": high_confidence_table(b, i),
               "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(b, bins),
                              "improved": confidence_summary(i, bins)},
-              "per_class": rows, "top_gains": gains, "top_losses": losses, "cases": None,
-              "figures": ["confidence", "high_confidence", "per_class"], **provenance(b, i),
+              "calibration": cal_summary, "per_class": rows, "top_gains": gains, "top_losses": losses,
+              "corruptions": None, "cases": None,
+              "figures": ["confidence", "high_confidence", "per_class", "reliability"], **provenance(b, i),
               "git_commit": git_commit()}
     if not result["same_checkpoint"]:
         print(f"warning: the runs were evaluated with different checkpoints "
               f"({b['metrics'].get('checkpoint')} vs {i['metrics'].get('checkpoint')})")
+    if None in grids:
+        lacking = [str(s["run"]) for s, g in zip((b, i), grids) if g is None]
+        print(f"note: no corruptions.json in {' and '.join(lacking)}; corruption comparison skipped "
+              "(python corruptions.py --run <run> writes it)")
+    else:
+        result["corruptions"] = corruptions.compare_grids(*grids)
+        result["figures"].append("corruptions")
     if args.cases:
         result["cases"] = recheck_cases(args.cases, b, i, classes)
         result["cases_file"] = str(args.cases)
@@ -350,6 +398,10 @@ def compare(args):
         plot_confidence(b, i, names, bins, out, plt)
         plot_high_confidence(result["high_confidence_errors"], names, out, plt)
         plot_per_class(rows, gains, losses, out, plt)
+        plot_reliability(cal, names, out, plt)
+        if result["corruptions"]:
+            _save(corruptions.plot_grids(result["corruptions"], *grids, names, (BASE_C, IMPR_C), plt),
+                  out, "corruptions", plt)
         if cam is not None:
             plot_gradcam(result["cases"], *cam, names, out, plt)
     save_json(result, out / "comparison.json")
@@ -357,7 +409,11 @@ def compare(args):
     print(f"{out / 'comparison.json'}: accuracy {100 * acc_b:.2f}% -> {100 * acc_i:.2f}% "
           f"({100 * (acc_i - acc_b):+.2f} points, 95% CI {100 * lo:+.2f} to {100 * hi:+.2f}); "
           f"corrected {table['corrected']}, worsened {table['worsened']}, "
-          f"McNemar p={table['mcnemar_p']:.3g}")
+          f"McNemar p={table['mcnemar_p']:.3g}; ECE {100 * cal_summary['baseline']['ece']:.2f}% -> "
+          f"{100 * cal_summary['improved']['ece']:.2f}%")
+    if result["corruptions"]:
+        mce = result["corruptions"]["mean_corruption_error"]
+        print(f"mean corruption error {100 * mce['baseline']:.2f}% -> {100 * mce['improved']:.2f}%")
     return result
 
 

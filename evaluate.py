@@ -1,5 +1,8 @@
 """Evaluate a trained run on its test set: runs/<name>/predictions.npz and metrics.json.
 
+metrics.json holds accuracy, top-5, per-class accuracy, mean loss and calibration: NLL, Brier
+score, expected calibration error (15 bins) and the reliability-diagram bins (calibration()).
+
     python evaluate.py --run runs/baseline                 # last epoch (default, honest)
     python evaluate.py --run runs/baseline --checkpoint best   # best-on-test, as the reference
 """
@@ -54,6 +57,42 @@ def classification_metrics(logits, labels, num_classes):
     }
 
 
+ECE_BINS = 15  # Guo et al. 2017: equal-width bins on the top-label confidence
+
+
+def calibration(probs, labels, n_bins=ECE_BINS):
+    """NLL, Brier score, expected calibration error and reliability-diagram bins of softmax rows.
+
+    probs (N, C) and labels (N,), NumPy or torch. Bin m holds confidences in (m-1)/M .. m/M
+    (upper edge included, as Guo et al.); ECE = sum_m |B_m|/N * |acc(B_m) - conf(B_m)|. Brier is
+    the multi-class sum over classes of (p_k - onehot_k)^2, averaged over images. NLL clips a
+    probability that underflowed to 0 at float32's smallest normal (about 87 nats at most).
+    Empty bins have confidence and accuracy None.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, rows = len(labels), np.arange(len(labels))
+    p_true = probs[rows, labels]
+    onehot = np.zeros_like(probs)
+    onehot[rows, labels] = 1
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    b = np.searchsorted(edges[1:-1], conf, side="left")  # (lo, hi]; a confidence of 0 goes to bin 0
+    count = np.bincount(b, minlength=n_bins)
+    conf_sum = np.bincount(b, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(b, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf, acc = conf_sum / count, acc_sum / count
+
+    def listed(v):
+        return [None if c == 0 else round(float(x), 6) for x, c in zip(v, count)]
+    return {"nll": float(-np.log(np.maximum(p_true, np.finfo(np.float32).tiny)).mean()),
+            "brier": float(((probs - onehot) ** 2).sum(1).mean()),
+            "ece": float(np.abs(acc_sum - conf_sum).sum() / n),
+            "reliability": {"edges": edges.round(6).tolist(), "count": count.tolist(),
+                            "confidence": listed(mean_conf), "accuracy": listed(acc)}}
+
+
 def evaluate(args):
     t0 = time.perf_counter()
     device = resolve_device(args.device)
@@ -62,6 +101,7 @@ def evaluate(args):
     logits = predict(model, ds.test_x, config["mean"], config["std"], args.batch_size)
     probs = logits.softmax(1)
     metrics = classification_metrics(logits, ds.test_y, config["num_classes"])
+    metrics.update(calibration(probs.numpy(), ds.test_y.numpy()))
     metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"],
                    seconds=round(time.perf_counter() - t0, 3))
     run = Path(args.run)
@@ -73,7 +113,8 @@ def evaluate(args):
     save_json(metrics, run / "metrics.json")
     label = "best-on-test" if args.checkpoint == "best" else "last"
     print(f"{run}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "
-          f"{100 * metrics['top5_accuracy']:.2f}%) with the {label} checkpoint, epoch {ckpt['epoch']}")
+          f"{100 * metrics['top5_accuracy']:.2f}%, ECE {100 * metrics['ece']:.2f}%) with the {label} "
+          f"checkpoint, epoch {ckpt['epoch']}")
     return metrics
 
 

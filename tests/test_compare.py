@@ -1,5 +1,6 @@
 """compare.py: 2x2 table and McNemar's exact test, bootstrap, thresholds, per-class changes,
-failure re-check, bad input, and a run on two trained synthetic models with Grad-CAM."""
+calibration, corruption grids, failure re-check, bad input, and a run on two trained synthetic
+models with Grad-CAM."""
 import copy
 import json
 import math
@@ -158,6 +159,69 @@ def test_per_class_with_100_classes_names_five_each_way(tmp_path):
     assert [r["change"] for r in result["top_losses"]] == changes[:5]
 
 
+#### Calibration and corruptions
+
+def test_calibration_and_reliability(pair, capsys):
+    result = run_compare(pair)
+    # Every prediction has confidence 0.9 (one bin): ECE = |accuracy - 0.9|.
+    cal = result["calibration"]
+    assert cal["n_bins"] == 15
+    assert cal["baseline"]["ece"] == pytest.approx(0.5) and cal["improved"]["ece"] == pytest.approx(0.1)
+    assert cal["difference"]["ece"] == pytest.approx(-0.4)
+    pred = np.load(pair / "base" / "predictions.npz")
+    direct = evaluate.calibration(pred["probs"], pred["labels"])
+    assert cal["baseline"]["nll"] == pytest.approx(direct["nll"], abs=1e-6)
+    assert cal["baseline"]["brier"] == pytest.approx(direct["brier"], abs=1e-6)
+    assert "reliability" in result["figures"] and "corruptions" not in result["figures"]
+    for ext in ("png", "pdf"):
+        assert (pair / "cmp" / f"reliability.{ext}").stat().st_size > 1000
+    assert result["corruptions"] is None and "corruption comparison skipped" in capsys.readouterr().out
+
+
+def write_grid(run, accuracy, clean=None, n=20, checkpoint="last", epoch=4):
+    """A corruptions.json as corruptions.py writes it (the keys compare.py reads); by default with
+    the clean accuracy that the run's metrics.json gives."""
+    if clean is None:
+        clean = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    grid = {"checkpoint": checkpoint, "epoch": epoch, "n": n, "limit_test": None, "seed": 0,
+            "severities": [1, 2, 3, 4, 5], "corruptions": list(accuracy), "clean_accuracy": clean,
+            "accuracy": accuracy}
+    (run / "corruptions.json").write_text(json.dumps(grid))
+
+
+def test_corruption_grids_are_compared(pair):
+    write_grid(pair / "base", {"fog": [0.8, 0.7, 0.6, 0.5, 0.4], "contrast": [0.8] * 5,
+                               "pixelate": [0.5] * 5, "snow": [0.6] * 5})
+    write_grid(pair / "impr", {"fog": [0.8, 0.8, 0.7, 0.6, 0.6], "contrast": [0.7] * 5,
+                               "pixelate": [0.5] * 5, "snow": [0.62] * 5, "saturate": [0.9] * 5})
+    result = run_compare(pair)
+    cmp = result["corruptions"]
+    assert cmp["corruptions"] == ["fog", "contrast", "pixelate", "snow"]  # only those both runs have
+    rows = {r["name"]: r for r in cmp["per_corruption"]}
+    assert rows["fog"]["baseline"] == pytest.approx(0.6) and rows["fog"]["improved"] == pytest.approx(0.7)
+    assert rows["fog"]["by_severity"] == pytest.approx([0, 0.1, 0.1, 0.1, 0.2])
+    assert rows["contrast"]["difference"] == pytest.approx(-0.1) and rows["pixelate"]["difference"] == 0
+    assert cmp["helps_most"] == ["fog", "snow"] and cmp["hurts_most"] == ["contrast"]
+    mce = cmp["mean_corruption_error"]  # means of 1 - accuracy over the 4 x 5 cells
+    assert mce["baseline"] == pytest.approx(1 - (0.6 + 0.8 + 0.5 + 0.6) / 4)
+    assert mce["difference"] == pytest.approx(-(0.1 - 0.1 + 0 + 0.02) / 4)
+    assert result["figures"][-1] == "corruptions"
+    for ext in ("png", "pdf"):
+        assert (pair / "cmp" / f"corruptions.{ext}").stat().st_size > 1000
+
+
+def test_mismatched_corruption_grids_are_refused(pair):
+    write_grid(pair / "base", {"fog": [0.5] * 5})
+    write_grid(pair / "impr", {"fog": [0.5] * 5}, n=10)
+    _fails(pair, "corruptions.json differ in n (20 vs 10)")
+    write_grid(pair / "impr", {"snow": [0.5] * 5})
+    _fails(pair, "have no corruption in common")
+    write_grid(pair / "impr", {"fog": [0.5] * 5}, checkpoint="best")
+    _fails(pair, "was written for another model than metrics.json describes; re-run python corruptions.py")
+    write_grid(pair / "impr", {"fog": [0.5] * 5}, clean=0.7)  # metrics.json: 0.8, so another model
+    _fails(pair, "was written for another model than metrics.json describes")
+
+
 #### Failure cases
 
 def test_cases_are_rechecked(pair):
@@ -273,7 +337,7 @@ def test_end_to_end_with_gradcam(trained, monkeypatch):
     assert len(saved["per_class"]) == 10 and len(saved["high_confidence_errors"]) == 7
     impr = np.load(root / "impr" / "predictions.npz")["probs"]
     assert [c["fixed"] for c in saved["cases"]] == [bool(impr[r].argmax() == labels[r]) for r in rows]
-    assert saved["figures"] == ["confidence", "high_confidence", "per_class", "gradcam_compare"]
+    assert saved["figures"] == ["confidence", "high_confidence", "per_class", "reliability", "gradcam_compare"]
     assert saved["gradcam_layer"] == "relu3" and result["cases"] == saved["cases"]
     assert "scaled to [0, 1] per image" in titles["gradcam_compare"]
     assert "not comparable across models" in titles["gradcam_compare"]
