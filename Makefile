@@ -44,32 +44,63 @@ else ifeq ($(STUDY),smoke)
   BASELINE_FLAGS ?=
   IMPROVED_FLAGS ?= --cutmix-prob 0.5 --label-smoothing 0.1
   NUM_CASES ?= 3
+  # Subsets keep the smoke chain within its few minutes on a CPU.
+  CORRUPT_FLAGS ?= --limit-test 300 --severities 1 3 5
+  FAITH_FLAGS ?= --sample 100
 else
   $(error unknown STUDY=$(STUDY): use resnet18-cifar100, simplecnn-cifar10 or smoke)
 endif
 
-S := $(RUNS_DIR)/$(STUDY)
-RUNS := $(S)/baseline $(S)/improved
-flags_of = $(TRAIN_FLAGS) $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(IMPROVED_FLAGS)) $(EXTRA_FLAGS)
+# The ablation of an improvement that changes two things at once: each change on its own.
+ifneq ($(filter resnet18-cifar100 smoke,$(STUDY)),)
+  ABLATION_FLAGS_cutmix-only ?= --cutmix-prob 0.5
+  ABLATION_FLAGS_ls-only ?= --label-smoothing 0.1
+  ABLATIONS := cutmix-only ls-only
+endif
+# make seeds: both models once per seed; seed 42 is the main runs' (train.py's default).
+SEEDS ?= 42 43 44
 
+ifneq ($(filter seeds,$(MAKECMDGOALS)),)
+  ifeq ($(strip $(SEEDS)),)
+    $(error SEEDS is empty; give at least one seed, for example SEEDS="42 43 44")
+  endif
+endif
+ifneq ($(filter ablation,$(MAKECMDGOALS)),)
+  ifeq ($(ABLATIONS),)
+    $(error STUDY=$(STUDY) changes one thing only; there is nothing to ablate)
+  endif
+endif
+
+S := $(RUNS_DIR)/$(STUDY)
+# A run folder's name says what it trains: <role> or seed<N>/<role>.
+role_flags = $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(if $(filter improved,$(1)),$(IMPROVED_FLAGS),$(ABLATION_FLAGS_$(1))))
+seed_of = $(patsubst seed%,%,$(filter seed%,$(subst /, ,$(1))))
+flags_of = $(TRAIN_FLAGS) $(call role_flags,$(notdir $(1))) $(if $(call seed_of,$(1)),--seed $(call seed_of,$(1))) $(EXTRA_FLAGS)
+seed_dir = $(if $(filter 42,$(1)),$(S),$(S)/seed$(1))
+
+CORRUPT_FLAGS ?=
+FAITH_FLAGS ?=
 # Optional analyst input: a JSON object {"<test index>": "hypothesis text"} for the baseline's cases.
 HYPOTHESES ?=
 B := $(S)/baseline
 CMP := $(S)/compare
 PDF := $(S)/report.pdf
 
-.PHONY: help env test all study smoke report bench clean clean-all FORCE
+.PHONY: help env test all study smoke report seeds ablation bench clean clean-all FORCE
 
 help:
 	@echo "make test                 set up .venv and run the test suite (CPU, offline)"
 	@echo "make all                  set up and run the study: train -> evaluate -> failures -> gradcam"
-	@echo "                          -> compare -> report ($(PDF))"
+	@echo "                          -> corruptions, faithfulness -> compare -> report ($(PDF))"
 	@echo "make all STUDY=simplecnn-cifar10 DATASET=data/cifar10-jpeg   the second variant"
 	@echo "make smoke                the whole chain on synthetic data on a CPU (runs/smoke)"
 	@echo "make report               the PDF of the study's current runs (LaTeX needed)"
+	@echo "make seeds SEEDS=\"42 43 44\" both models per seed: mean +/- std of accuracies and difference"
+	@echo "make ablation             CutMix only and label smoothing only, beside baseline and both"
 	@echo "make bench                training throughput: reference pipeline vs this one"
 	@echo "make clean                remove the smoke run and caches; clean-all also removes runs/"
 	@echo "variables: STUDY DATA_DIR RUNS_DIR DEVICE EPOCHS DATASET CHECKPOINT EXTRA_FLAGS PY"
+	@echo "           HYPOTHESES CORRUPT_FLAGS FAITH_FLAGS SEEDS"
 
 env: $(ENV)
 $(VENV)/.installed: requirements.txt
@@ -84,7 +115,7 @@ test: $(ENV)
 all: study
 smoke:
 	$(MAKE) study STUDY=smoke
-study: $(PDF)
+study: $(PDF) $(B)/faithfulness.json $(S)/improved/faithfulness.json
 report: $(PDF)
 ifeq ($(STUDY),resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
@@ -93,6 +124,7 @@ endif
 # Training depends on its flags (a file rewritten only when they change), not on the code:
 # editing a comment must not retrain a model. An interrupted run is resumed, a stale one replaced.
 $(S)/%.flags: FORCE
+	$(if $(filter baseline improved $(ABLATIONS),$(notdir $*)),,$(error no such run for STUDY=$(STUDY): $*))
 	@mkdir -p $(@D)
 	@echo '$(call flags_of,$*)' | cmp -s - $@ || echo '$(call flags_of,$*)' > $@
 
@@ -112,12 +144,30 @@ $(B)/failures.json: $(B)/metrics.json failures.py $(HYPOTHESES) | $(ENV)
 $(B)/gradcam.npz: $(B)/failures.json gradcam.py | $(ENV)
 	$(PY) gradcam.py --run $(B) --device $(DEVICE)
 
-$(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.npz compare.py | $(ENV)
+# Stress tests of each model: the corruption grid, and how faithful its Grad-CAM maps are (on a
+# test sample and on the baseline's cases, so both models are scored on the same images).
+$(S)/%/corruptions.json: $(S)/%/metrics.json corruptions.py | $(ENV)
+	$(PY) corruptions.py --run $(@D) --device $(DEVICE) $(CORRUPT_FLAGS)
+
+$(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/gradcam.npz faithfulness.py | $(ENV)
+	$(PY) faithfulness.py --run $(@D) --cases $(B)/failures.json --device $(DEVICE) $(FAITH_FLAGS)
+
+$(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.npz compare.py \
+                        $(B)/corruptions.json $(S)/improved/corruptions.json | $(ENV)
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --cases $(B)/failures.json \
 	  --out $(CMP) --device $(DEVICE)
 
 $(PDF): $(CMP)/comparison.json report.py report/report.tex | $(ENV)
 	$(PY) report.py --study $(S) --out $@
+
+# Seeds and ablation: train and evaluate what is missing, then summarise in comparison.json.
+seeds: $(foreach s,$(SEEDS),$(call seed_dir,$(s))/baseline/metrics.json $(call seed_dir,$(s))/improved/metrics.json) | $(ENV)
+	$(PY) compare.py --baseline $(B) --improved $(S)/improved --out $(S)/seeds \
+	  --seeds $(foreach s,$(SEEDS),$(call seed_dir,$(s))) --device $(DEVICE)
+
+ablation: $(foreach r,baseline improved $(ABLATIONS),$(S)/$(r)/metrics.json) | $(ENV)
+	$(PY) compare.py --baseline $(B) --improved $(S)/improved --out $(S)/ablation \
+	  --ablation $(foreach r,$(ABLATIONS),$(S)/$(r)) --device $(DEVICE)
 
 bench: $(ENV)
 	$(PY) bench.py --device $(DEVICE)
@@ -130,4 +180,5 @@ clean:
 clean-all: clean
 	rm -rf $(RUNS_DIR)
 
-.PRECIOUS: $(S)/%.flags $(S)/%/config.json $(S)/%/metrics.json $(B)/failures.json
+.PRECIOUS: $(S)/%.flags $(S)/%/config.json $(S)/%/metrics.json $(S)/%/corruptions.json \
+           $(B)/failures.json

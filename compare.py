@@ -187,6 +187,56 @@ def provenance(b, i):
             "same_checkpoint": b["metrics"].get("checkpoint") == i["metrics"].get("checkpoint")}
 
 
+#### Seeds and ablation (make seeds, make ablation)
+
+def _settings(config):
+    return {k: v for k, v in config.items() if k not in NOT_SETTINGS and k != "seed"}
+
+
+def seed_summary(dirs):
+    """Mean and sample std over seeds of each model's accuracy and of the paired difference.
+
+    Each folder holds baseline/ and improved/, evaluated; apart from the seed, every baseline must
+    have the same settings (and every improved model), or the spread would mix in other changes."""
+    pairs = [(load_side(Path(d) / "baseline"), load_side(Path(d) / "improved")) for d in dirs]
+    for b, i in pairs:
+        check_same_test_set(b, i)
+        for ref, side in ((pairs[0][0], b), (pairs[0][1], i)):
+            if _settings(side["config"]) != _settings(ref["config"]):
+                raise UserError(f"{side['run']} differs from {ref['run']} in more than its seed; "
+                                "retrain it with make seeds")
+    seeds = [b["config"].get("seed") for b, _ in pairs]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds lists seed {max(seeds, key=seeds.count)} twice; give each seed once")
+
+    def stats(values):
+        v = np.array(values, dtype=np.float64)
+        return {"values": [round(float(x), 6) for x in v], "mean": round(float(v.mean()), 6),
+                "std": round(float(v.std(ddof=1)), 6) if len(v) > 1 else None}
+    acc_b = [float(b["correct"].mean()) for b, _ in pairs]
+    acc_i = [float(i["correct"].mean()) for _, i in pairs]
+    return {"seeds": seeds, "baseline": stats(acc_b), "improved": stats(acc_i),
+            "difference": stats(np.subtract(acc_i, acc_b)),
+            "improved_better": sum(a > b for a, b in zip(acc_i, acc_b))}
+
+
+def ablation_table(b, runs):
+    """Each run against the baseline: what it changed, its accuracy, the 2x2's discordant pairs."""
+    rows = []
+    for run in runs:
+        side = load_side(run)
+        check_same_test_set(b, side)
+        table = two_by_two(b["correct"], side["correct"])
+        changed = provenance(b, side)["changed_values"]
+        rows.append({"run": str(run), "name": side["run"].name,
+                     "changed": {k: v["improved"] for k, v in changed.items()},
+                     "accuracy": round(float(side["correct"].mean()), 6),
+                     "difference": round(float(side["correct"].mean() - b["correct"].mean()), 6),
+                     "ece": round(calibration(side["probs"], side["labels"])["ece"], 6),
+                     **{k: table[k] for k in ("corrected", "worsened", "mcnemar_p")}})
+    return rows
+
+
 #### Figures
 
 def _save(fig, out, stem, plt):
@@ -343,6 +393,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="for Grad-CAM")
     p.add_argument("--data-dir", default=None, help="override the runs' --data-dir (Grad-CAM images)")
+    p.add_argument("--seeds", nargs="+", default=None, metavar="DIR",
+                   help="folders with baseline/ and improved/, one per seed: mean +/- std")
+    p.add_argument("--ablation", nargs="+", default=None, metavar="RUN",
+                   help="runs that change part of the improvement, each compared with the baseline")
     return p
 
 
@@ -370,7 +424,7 @@ def compare(args):
               "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(b, bins),
                              "improved": confidence_summary(i, bins)},
               "calibration": cal_summary, "per_class": rows, "top_gains": gains, "top_losses": losses,
-              "corruptions": None, "cases": None,
+              "corruptions": None, "cases": None, "seeds": None, "ablation": None,
               "figures": ["confidence", "high_confidence", "per_class", "reliability"], **provenance(b, i),
               "git_commit": git_commit()}
     if not result["same_checkpoint"]:
@@ -383,6 +437,10 @@ def compare(args):
     else:
         result["corruptions"] = corruptions.compare_grids(*grids)
         result["figures"].append("corruptions")
+    if args.seeds:
+        result["seeds"] = seed_summary(args.seeds)
+    if args.ablation:
+        result["ablation"] = ablation_table(b, [args.improved, *args.ablation])
     if args.cases:
         result["cases"] = recheck_cases(args.cases, b, i, classes)
         result["cases_file"] = str(args.cases)
@@ -411,6 +469,13 @@ def compare(args):
           f"corrected {table['corrected']}, worsened {table['worsened']}, "
           f"McNemar p={table['mcnemar_p']:.3g}; ECE {100 * cal_summary['baseline']['ece']:.2f}% -> "
           f"{100 * cal_summary['improved']['ece']:.2f}%")
+    if result["seeds"]:
+        sd = result["seeds"]
+        print(f"{len(sd['seeds'])} seeds: difference {100 * sd['difference']['mean']:+.2f} points"
+              + (f" +/- {100 * sd['difference']['std']:.2f} (std)" if sd["difference"]["std"] is not None else ""))
+    for row in result["ablation"] or []:
+        print(f"ablation {row['name']}: {100 * row['accuracy']:.2f}% ({100 * row['difference']:+.2f} "
+              f"points, McNemar p={row['mcnemar_p']:.3g}), changes {row['changed']}")
     if result["corruptions"]:
         mce = result["corruptions"]["mean_corruption_error"]
         print(f"mean corruption error {100 * mce['baseline']:.2f}% -> {100 * mce['improved']:.2f}%")

@@ -359,3 +359,50 @@ def test_stale_predictions_are_refused_before_gradcam(trained, tmp_path):
     with pytest.raises(SystemExit, match="does not reproduce its predictions.npz"):
         run_compare(tmp_path, "--cases", str(cases), "--device", "cpu")
     assert not (tmp_path / "cmp").exists()  # refused before anything is written
+
+
+#### Seeds and ablation
+
+def seed_pair(root, seed, n_base_ok, n_impr_ok, **impr_config):
+    """20 images; the first n_*_ok right for each model."""
+    labels = np.arange(20) % 10
+    wrong = (labels + 1) % 10
+    for name, n_ok, cfg in (("baseline", n_base_ok, {}), ("improved", n_impr_ok, impr_config)):
+        ok = np.arange(20) < n_ok
+        make_run(root / f"seed{seed}" / name, labels, np.where(ok, labels, wrong), seed=seed, **cfg)
+    return root / f"seed{seed}"
+
+
+def test_seed_summary_mean_and_std(tmp_path):
+    dirs = [seed_pair(tmp_path, s, nb, ni, cutmix_prob=0.5)
+            for s, nb, ni in ((42, 8, 12), (43, 10, 11), (44, 6, 13))]
+    sd = compare.seed_summary(dirs)
+    assert sd["seeds"] == [42, 43, 44] and sd["improved_better"] == 3
+    assert sd["baseline"]["values"] == [0.4, 0.5, 0.3]
+    assert sd["baseline"]["mean"] == pytest.approx(0.4) and sd["baseline"]["std"] == pytest.approx(0.1)
+    assert sd["difference"]["values"] == pytest.approx([0.2, 0.05, 0.35])
+    assert sd["difference"]["std"] == pytest.approx(np.std([0.2, 0.05, 0.35], ddof=1), abs=1e-6)
+
+
+def test_seed_summary_refuses_other_changes_and_repeated_seeds(tmp_path):
+    a = seed_pair(tmp_path, 42, 8, 12, cutmix_prob=0.5)
+    b = seed_pair(tmp_path, 43, 8, 12, cutmix_prob=0.3)
+    with pytest.raises(compare.UserError, match="differs from .* in more than its seed"):
+        compare.seed_summary([a, b])
+    with pytest.raises(compare.UserError, match="lists seed 42 twice"):
+        compare.seed_summary([a, a])
+
+
+def test_ablation_table_through_the_cli(pair):
+    labels = np.arange(20) % 10
+    ok = np.arange(20) < 14
+    make_run(pair / "ls-only", labels, np.where(ok, labels, (labels + 1) % 10), label_smoothing=0.1)
+    result = run_compare(pair, "--ablation", str(pair / "ls-only"))
+    rows = {r["name"]: r for r in result["ablation"]}
+    assert list(rows) == ["impr", "ls-only"]
+    assert rows["ls-only"]["changed"] == {"label_smoothing": 0.1}
+    assert rows["ls-only"]["accuracy"] == pytest.approx(0.7)
+    assert rows["ls-only"]["difference"] == pytest.approx(0.3)
+    # baseline right on images 9 and 13-19, ls-only on 0-13: it corrects 0-8 and 10-12, worsens 14-19
+    assert (rows["ls-only"]["corrected"], rows["ls-only"]["worsened"]) == (12, 6)
+    assert rows["impr"]["changed"] == {"cutmix_prob": 0.5, "label_smoothing": 0.1, "seed": 7}
