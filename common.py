@@ -49,10 +49,16 @@ def seed_everything(seed, deterministic=False):
 
 
 def resolve_device(name):
+    """The torch.device for --device; on the CPU it also flushes denormal floats to zero."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "cpu":
+        # Weight decay under Adam drives unused weights and their moments into the denormal
+        # range (below 1.2e-38): measured on a 13-epoch CIFAR-10 SimpleCNN, 60k denormal weights
+        # made x86 CPUs 2.5x slower per step (docs/RESULTS.md). Values this small change nothing.
+        torch.set_flush_denormal(True)
     return torch.device(name)
 
 

@@ -157,3 +157,13 @@ def test_normalize_and_channel_stats():
     assert z.dtype == torch.float32 and z.shape == x.shape
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-3)
+
+
+def test_cpu_device_flushes_denormals():
+    from common import resolve_device
+    try:
+        assert resolve_device("cpu").type == "cpu"
+        tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+        assert (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
