@@ -38,7 +38,7 @@ else ifeq ($(STUDY),simplecnn-cifar10)
   NUM_CASES ?= 3
 else ifeq ($(STUDY),smoke)
   DATASET := synthetic
-  EPOCHS ?= 4
+  EPOCHS ?= 12  # CutMix + label smoothing needs about 8 epochs to take off here
   TRAIN_FLAGS := --arch simplecnn --dataset synthetic --optimizer adam --milestones \
                  --batch-size 64 --epochs $(EPOCHS)
   BASELINE_FLAGS ?=
