@@ -38,7 +38,8 @@ else ifeq ($(STUDY),simplecnn-cifar10)
   NUM_CASES ?= 3
 else ifeq ($(STUDY),smoke)
   DATASET := synthetic
-  EPOCHS ?= 12  # CutMix + label smoothing needs about 8 epochs to take off here
+  # CutMix + label smoothing needs about 8 epochs to take off on the synthetic set.
+  EPOCHS ?= 12
   TRAIN_FLAGS := --arch simplecnn --dataset synthetic --optimizer adam --milestones \
                  --batch-size 64 --epochs $(EPOCHS)
   BASELINE_FLAGS ?=
