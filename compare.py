@@ -26,6 +26,8 @@ from gradcam import grad_cam, overlay  # the same maps and blending as gradcam.p
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOP_K = 5  # classes named as largest gains and losses
+SUSPECT_CONFIDENCE = 0.9  # both models at least this sure of the same wrong class: a label to check
+SUSPECTS_SHOWN = 12
 # Keys of config.json that describe a run's bookkeeping or results, not how the model was trained.
 NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_download", "eval_batch_size",
                 "mean", "std", "n_train", "n_test", "git_commit", "torch_version",
@@ -99,6 +101,21 @@ def bootstrap_ci(corrected, worsened, n, resamples, seed):
     counts = rng.multinomial(n, p, size=resamples)  # (resamples, 3)
     diffs = (counts[:, 0] - counts[:, 1]) / n
     return [round(float(v), 6) for v in np.percentile(diffs, [2.5, 97.5])]
+
+
+def label_error_suspects(b, i, classes, threshold=SUSPECT_CONFIDENCE, listed=50):
+    """Test images on which both models agree, each with confidence >= threshold, on a class other
+    than the label: a share of CIFAR test labels is wrong (Northcutt et al. 2021), and these are
+    the first images to check by eye. Most confident first (by the lower of the two)."""
+    sure = (b["pred"] == i["pred"]) & (b["pred"] != b["labels"]) & (b["conf"] >= threshold) & (i["conf"] >= threshold)
+    rows = np.flatnonzero(sure)
+    rows = rows[np.argsort(-np.minimum(b["conf"][rows], i["conf"][rows]), kind="stable")]
+    return {"threshold": threshold, "count": int(len(rows)), "share": round(len(rows) / len(b["labels"]), 6),
+            "suspects": [{"index": int(b["indices"][r]), "row": int(r), "label": int(b["labels"][r]),
+                          "label_name": classes[b["labels"][r]], "agreed": int(b["pred"][r]),
+                          "agreed_name": classes[b["pred"][r]],
+                          "baseline_confidence": round(float(b["conf"][r]), 4),
+                          "improved_confidence": round(float(i["conf"][r]), 4)} for r in rows[:listed]]}
 
 
 def high_confidence_table(b, i, thresholds=THRESHOLDS):
@@ -353,6 +370,23 @@ def gradcam_rows(args, b, i, rechecked, device):
     return images, maps, DEFAULT_CAM_LAYER[b["config"]["arch"]]
 
 
+def plot_suspects(suspects, images, out, plt):
+    """Thumbnails of the most confident suspects: the label and what both models say instead."""
+    n = len(images)
+    ncols = min(n, 6)
+    fig, axes = plt.subplots(-(-n // ncols), ncols, figsize=(7, 1.55 * -(-n // ncols) + 0.35),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, s, img in zip(axes.flat, suspects["suspects"], images):
+        ax.imshow(overlay(img, None), interpolation="nearest")
+        ax.set_title(f"#{s['index']} label {s['label_name']}\nboth say {s['agreed_name']}\n"
+                     f"p={s['baseline_confidence']:.2f} / {s['improved_confidence']:.2f}", fontsize=6.5, pad=2)
+    fig.suptitle(f"Possible label errors: both models >= {suspects['threshold']:g} sure of the same other class "
+                 f"({suspects['count']} test images; the {n} most confident shown)", fontsize=7.5)
+    _save(fig, out, "suspects", plt)
+
+
 def plot_gradcam(rechecked, images, maps, layer, names, out, plt):
     cols = [("image", None, None), (f"{names[0]}\nits prediction", "baseline", "pred"),
             (f"{names[1]}\nits prediction", "improved", "pred"),
@@ -423,7 +457,8 @@ def compare(args):
               "high_confidence_errors": high_confidence_table(b, i),
               "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(b, bins),
                              "improved": confidence_summary(i, bins)},
-              "calibration": cal_summary, "per_class": rows, "top_gains": gains, "top_losses": losses,
+              "calibration": cal_summary, "label_error_suspects": label_error_suspects(b, i, classes),
+              "per_class": rows, "top_gains": gains, "top_losses": losses,
               "corruptions": None, "cases": None, "seeds": None, "ablation": None,
               "figures": ["confidence", "high_confidence", "per_class", "reliability"], **provenance(b, i),
               "git_commit": git_commit()}
@@ -462,6 +497,11 @@ def compare(args):
                   out, "corruptions", plt)
         if cam is not None:
             plot_gradcam(result["cases"], *cam, names, out, plt)
+        shown = [s["row"] for s in result["label_error_suspects"]["suspects"][:SUSPECTS_SHOWN]]
+        if shown:  # a figure for a supplement, not one of the report's ("figures")
+            images = dataset_from_config(b["config"], args.data_dir).test_x[shown]
+            plot_suspects(result["label_error_suspects"], images, out, plt)
+            result["label_error_suspects"]["figure"] = "suspects"
     save_json(result, out / "comparison.json")
     lo, hi = result["bootstrap_ci95"]
     print(f"{out / 'comparison.json'}: accuracy {100 * acc_b:.2f}% -> {100 * acc_i:.2f}% "

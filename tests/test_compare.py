@@ -32,7 +32,7 @@ def make_run(path, labels, pred, conf=None, num_classes=10, indices=None, checkp
     cfg = {"arch": "simplecnn", "dataset": "synthetic", "name": path.name, "seed": 42, "epochs": 4,
            "label_smoothing": 0.0, "cutmix_prob": 0.0, "augment": "none", "num_classes": num_classes,
            "classes": [f"c{k}" for k in range(num_classes)], "superclasses": None,
-           "git_commit": "abc", "wall_seconds": 1.0, **config}
+           "git_commit": "abc", "wall_seconds": 1.0, "data_dir": str(path.parent), **config}
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "metrics.json").write_text(json.dumps({"test_accuracy": float((probs.argmax(1) == labels).mean()),
                                                    "checkpoint": checkpoint, "epoch": 4}))
@@ -406,3 +406,27 @@ def test_ablation_table_through_the_cli(pair):
     # baseline right on images 9 and 13-19, ls-only on 0-13: it corrects 0-8 and 10-12, worsens 14-19
     assert (rows["ls-only"]["corrected"], rows["ls-only"]["worsened"]) == (12, 6)
     assert rows["impr"]["changed"] == {"cutmix_prob": 0.5, "label_smoothing": 0.1, "seed": 7}
+
+
+#### Possible label errors
+
+def test_label_error_suspects(tmp_path):
+    labels = np.zeros(8, int)
+    # 0-1: both say 3 (sure: suspects); 2: both say 3 but one at 0.85; 3: they disagree (3 vs 4);
+    # 4: both right; 5-7: both say 5, sure, the second model surest on 6
+    pred_b = np.array([3, 3, 3, 3, 0, 5, 5, 5])
+    pred_i = np.array([3, 3, 3, 4, 0, 5, 5, 5])
+    conf_b = np.array([0.95, 0.99, 0.95, 0.99, 0.99, 0.92, 0.97, 0.91])
+    conf_i = np.array([0.97, 0.93, 0.85, 0.99, 0.99, 0.96, 0.96, 0.99])
+    make_run(tmp_path / "base", labels, pred_b, conf_b)
+    make_run(tmp_path / "impr", labels, pred_i, conf_i)
+    result = run_compare(tmp_path)
+    sus = result["label_error_suspects"]
+    assert sus["count"] == 5 and sus["share"] == pytest.approx(5 / 8)
+    # ordered by the lower of the two confidences: 0.96 (6), 0.95 (0), 0.93 (1), 0.92 (5), 0.91 (7)
+    assert [x["index"] for x in sus["suspects"]] == [6, 0, 1, 5, 7]
+    first = sus["suspects"][0]
+    assert (first["label_name"], first["agreed_name"]) == ("c0", "c5")
+    assert (first["baseline_confidence"], first["improved_confidence"]) == (0.97, 0.96)
+    assert sus["figure"] == "suspects" and (tmp_path / "cmp" / "suspects.png").stat().st_size > 0
+    assert "suspects" not in result["figures"]  # a supplement's figure, not the report's
