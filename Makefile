@@ -158,7 +158,9 @@ $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradca
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --cases $(B)/failures.json \
 	  --out $(CMP) --device $(DEVICE)
 
-$(PDF): $(CMP)/comparison.json report.py report/report.tex | $(ENV)
+# make seeds / make ablation results enter the report when they exist.
+$(PDF): $(CMP)/comparison.json report.py report/report.tex \
+        $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
 	$(PY) report.py --study $(S) --out $@
 
 # Seeds and ablation: train and evaluate what is missing, then summarise in comparison.json.

@@ -204,6 +204,11 @@ def load_study(study):
         elif f"cmp_{stem}" not in paths:
             print(f"note: comparison.json lists the figure {stem}, which report.tex does not place",
                   file=sys.stderr)
+    for extra in ("seeds", "ablation"):  # make seeds / make ablation: used when present
+        path = study / extra / "comparison.json"
+        if path.is_file():
+            paths[f"{extra}_comparison"] = path
+            data[extra] = read_json(path, f"{extra} comparison").get(extra)
     cases = data["failures"].get("cases") or []
     if not cases or any("evidence" not in c for c in cases):
         raise UserError(f"{paths['failures']} has no Grad-CAM evidence for its cases; gradcam.py "
@@ -342,12 +347,34 @@ def checkpoint_sentence(met_b, met_i, cfg_b, cfg_i):
     return s + " The two checkpoints are not the same: " + " and ".join(parts) + "."
 
 
-def seeds_sentence(cfg_b, cfg_i):
+def seeds_sentence(cfg_b, cfg_i, seeds=None):
+    if seeds and len(seeds["seeds"]) > 1:
+        def spread(key, unit=r"\,\%"):
+            st = seeds[key]
+            mean = signed(st["mean"]) if key == "difference" else pct(st["mean"])
+            return f"{mean}{unit} $\\pm$ {pct(st['std'])}"
+        n = len(seeds["seeds"])
+        return (f"Over {n} seeds ({', '.join(map(str, seeds['seeds']))}; make seeds) the baseline reaches "
+                f"{spread('baseline')} and the improved model {spread('improved')} (mean $\\pm$ sample "
+                f"standard deviation); the difference is {spread('difference', ' points')}, in favour of the "
+                f"improved model on {seeds['improved_better']} of {n} seeds. The rest of this report analyses "
+                f"the runs with seed {cfg_b.get('seed')}.")
     seeds = ("the same seed, " + str(cfg_b.get("seed")) if cfg_b.get("seed") == cfg_i.get("seed")
              else f"seeds {cfg_b.get('seed')} and {cfg_i.get('seed')}")
     return (f"Each model was trained once ({seeds}), so these results do not show how much "
             "either model varies between training runs; the bootstrap interval and McNemar's "
             "test cover the sampling of test images only.")
+
+
+def ablation_sentence(rows):
+    """make ablation: each partial change on its own against the baseline (one seed)."""
+    if not rows:
+        return ""
+    parts = [f"{changed_list(r['changed'])} only: {pct(r['accuracy'])}\\,\\% ({signed(r['difference'])} "
+             f"points, McNemar {p_tex(r['mcnemar_p'])})" for r in rows[1:]]
+    return ("Ablation on the same seed (make ablation), each change alone against the baseline: "
+            + "; ".join(parts) + f"; all together: {pct(rows[0]['accuracy'])}\\,\\% "
+            f"({signed(rows[0]['difference'])} points).")
 
 
 def code_sentence(cfg_b, cfg_i):
@@ -476,8 +503,11 @@ def limitation_sentences(data):
     cmp, cfg_b, cfg_i = data["comparison"], data["base_config"], data["impr_config"]
     used = {data["base_metrics"].get("checkpoint"), data["impr_metrics"].get("checkpoint")}
     k, changed = len(cmp["changed_values"]), changed_list(cmp["changed_values"])
+    seeds = data.get("seeds")
     out = {
-        "LimitSeeds": (f"One training run per model (seed {cfg_b.get('seed')}"
+        "LimitSeeds": (f"{len(seeds['seeds'])} training runs per model; the figures, cases and tests "
+                       f"analyse seed {cfg_b.get('seed')} only." if seeds and len(seeds["seeds"]) > 1 else
+                       f"One training run per model (seed {cfg_b.get('seed')}"
                        + ("" if cfg_b.get("seed") == cfg_i.get("seed") else f" and {cfg_i.get('seed')}")
                        + "): the spread between training runs is not measured, and a difference "
                          "no larger than that spread would be invisible here."),
@@ -486,7 +516,9 @@ def limitation_sentences(data):
                             else "Best-on-test weights: the epoch was chosen on the test set, so the "
                                  "accuracies are optimistic." if used == {"best"}
                             else "The two models were evaluated with different checkpoints."),
-        "LimitChanged": (f"{changed[:1].upper()}{changed[1:]} were changed together, so this comparison "
+        "LimitChanged": (f"{changed[:1].upper()}{changed[1:]} were changed together; the ablation "
+                         "separates them on one seed." if k > 1 and data.get("ablation") else
+                         f"{changed[:1].upper()}{changed[1:]} were changed together, so this comparison "
                          "cannot separate their effects." if k > 1 else
                          f"Only {changed} changed." if k == 1 else
                          "The two configurations are identical."),
@@ -511,7 +543,8 @@ def prose(data):
         "ProseHighConf": high_confidence_sentence(cmp), "ProseCalibration": calibration_sentence(cmp),
         "ProseCorruptions": corruptions_sentence(cmp),
         "ProseCheckpoint": checkpoint_sentence(data["base_metrics"], data["impr_metrics"], cfg_b, cfg_i),
-        "ProseSeeds": seeds_sentence(cfg_b, cfg_i), "ProseChanged": changed_sentence(cmp),
+        "ProseSeeds": seeds_sentence(cfg_b, cfg_i, data.get("seeds")), "ProseChanged": changed_sentence(cmp),
+        "ProseAblation": ablation_sentence(data.get("ablation")),
         "ProseCode": code_sentence(cfg_b, cfg_i), "ProseSelection": selection_sentence(failures),
         "ProsePerClass": per_class_sentence(cmp), "ProseCases": cases_sentence(cmp),
         "ProseErrors": errors_sentence(failures),

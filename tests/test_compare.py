@@ -430,3 +430,13 @@ def test_label_error_suspects(tmp_path):
     assert (first["baseline_confidence"], first["improved_confidence"]) == (0.97, 0.96)
     assert sus["figure"] == "suspects" and (tmp_path / "cmp" / "suspects.png").stat().st_size > 0
     assert "suspects" not in result["figures"]  # a supplement's figure, not the report's
+
+
+def test_suspects_listed_without_a_figure_when_images_are_missing(tmp_path, capsys):
+    labels, pred = np.zeros(4, int), np.full(4, 3)
+    for name in ("base", "impr"):  # no CIFAR-100 archive in tmp_path
+        make_run(tmp_path / name, labels, pred, np.full(4, 0.95), dataset="cifar100")
+    result = run_compare(tmp_path)
+    assert result["label_error_suspects"]["count"] == 4 and "figure" not in result["label_error_suspects"]
+    assert "note: no suspects figure:" in capsys.readouterr().out
+    assert not (tmp_path / "cmp" / "suspects.png").exists()

@@ -146,6 +146,13 @@ def test_checkpoint_changes_and_seeds_sentences():
     assert "different checkpoints" in report.checkpoint_sentence(last, best, same, same)
     assert "the same seed, 42" in report.seeds_sentence(same, same)
     assert "seeds 42 and 7" in report.seeds_sentence(same, dict(same, seed=7))
+    seeds = {"seeds": [42, 43, 44], "improved_better": 2,
+             "baseline": {"mean": 0.6, "std": 0.004}, "improved": {"mean": 0.61, "std": 0.006},
+             "difference": {"mean": 0.01, "std": 0.012}}
+    s = report.seeds_sentence(same, same, seeds)
+    assert "Over 3 seeds (42, 43, 44" in s and "60.00" in s and "+1.00" in s and "1.20" in s
+    assert "2 of 3 seeds" in s and "seed 42" in s
+    assert "the same seed, 42" in report.seeds_sentence(same, same, dict(seeds, seeds=[42]))
     two = report.changed_sentence(BETTER)
     assert "2 settings together" in two and "does not separate their effects" in two
     seed_only = report.changed_sentence({"changed_values": {"seed": {"baseline": 42, "improved": 43}}})
@@ -214,7 +221,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     config = {"arch": "resnet18", "dataset": "cifar100", "epochs": 50, "batch_size": 128, "optimizer": "sgd",
               "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [25, 40], "gamma": 0.1,
               "label_smoothing": 0.0, "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "augment": "crop-flip",
-              "seed": 42, "runs_dir": str(study), "amp": True, "compile": False, "deterministic": False,
+              "seed": 42, "runs_dir": str(study), "data_dir": str(study / "no-data"), "amp": True, "compile": False, "deterministic": False,
               "limit_train": None, "limit_test": None, "num_classes": c, "classes": CLASSES,
               "superclasses": SUPER, "n_train": 50000, "n_test": n, "git_commit": "0123456789abcdef-dirty",
               "device_name": "NVIDIA H100 80GB HBM3", "wall_seconds": 480.0,
@@ -317,6 +324,25 @@ def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
     with pytest.raises(SystemExit, match="more than the limit of 2"):
         report.main(["--study", str(study_copy), "--out", str(study_copy / "short.pdf"), "--max-pages", "2"])
     assert not (study_copy / "short.pdf").exists()
+
+
+def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
+    need_latex()
+    seeds = {"seeds": [42, 43], "improved_better": 1, "baseline": {"mean": 0.6, "std": 0.004},
+             "improved": {"mean": 0.61, "std": 0.006}, "difference": {"mean": 0.01, "std": 0.012}}
+    rows = [{"changed": {"cutmix_prob": 0.5, "label_smoothing": 0.1}, "accuracy": 0.62, "difference": 0.02,
+             "mcnemar_p": 0.01},
+            {"changed": {"cutmix_prob": 0.5}, "accuracy": 0.615, "difference": 0.015, "mcnemar_p": 0.04},
+            {"changed": {"label_smoothing": 0.1}, "accuracy": 0.595, "difference": -0.005, "mcnemar_p": 0.5}]
+    for name, value in (("seeds", seeds), ("ablation", rows)):
+        (study_copy / name).mkdir()
+        (study_copy / name / "comparison.json").write_text(json.dumps({name: value}))
+    result = report.main(["--study", str(study_copy), "--out", str(study_copy / "report.pdf")])
+    assert result["pages"] <= 6
+    macros = (study_copy / "report" / "macros.tex").read_text()
+    assert "Over 2 seeds (42, 43" in macros and "2 training runs per model" in macros
+    assert r"CutMix probability only: 61.50\,\%" in macros and "label smoothing only: 59.50" in macros
+    assert "the ablation separates them on one seed" in macros
 
 
 #### Bad input
