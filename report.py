@@ -545,6 +545,9 @@ def prose(data):
         "ProseCheckpoint": checkpoint_sentence(data["base_metrics"], data["impr_metrics"], cfg_b, cfg_i),
         "ProseSeeds": seeds_sentence(cfg_b, cfg_i, data.get("seeds")), "ProseChanged": changed_sentence(cmp),
         "ProseAblation": ablation_sentence(data.get("ablation")),
+        "AbstractSeeds": (f"Each model was trained with {len(data['seeds']['seeds'])} seeds; the analysis "
+                          f"below uses seed {cfg_b.get('seed')}." if data.get("seeds") and len(data["seeds"]["seeds"]) > 1
+                          else "Each model was trained once (1 seed)."),
         "ProseCode": code_sentence(cfg_b, cfg_i), "ProseSelection": selection_sentence(failures),
         "ProsePerClass": per_class_sentence(cmp), "ProseCases": cases_sentence(cmp),
         "ProseErrors": errors_sentence(failures),
@@ -563,7 +566,7 @@ def macros(data, figures, study_name):
          "ImprovementName": improvement_name(cmp["changed_values"]),
          "ChangedList": changed_list(cmp["changed_values"]), "NumChanged": str(len(cmp["changed_values"])),
          "NumClasses": str(cfg_b["num_classes"]), "NumTrain": str(cfg_b.get("n_train", "n/a")),
-         "NumTest": str(cmp["n_test"]), "NumSeeds": "1", "CamLayer": tex_escape(cmp.get("gradcam_layer", "")),
+         "NumTest": str(cmp["n_test"]), "CamLayer": tex_escape(cmp.get("gradcam_layer", "")),
          "NumCases": str(len(failures["cases"])),
          "NumCasesFixed": str(sum(c["fixed"] for c in cmp["cases"] or [])),
          "AccDiff": signed(cmp["accuracy_difference"]), "CILow": signed(cmp["bootstrap_ci95"][0]),

@@ -318,6 +318,7 @@ def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
     assert r"aquarium\_fish" in cases and r"large\_man-made\_outdoor\_things" in cases
     macros = (study_copy / "report" / "macros.tex").read_text()
     assert "CIFAR-100" in macros and "ResNet-18" in macros and "more accurate" in macros
+    assert "Each model was trained once (1 seed)." in macros
     config = (study_copy / "report" / "table-config.tex").read_text()
     assert len(re.findall(r"\\rowcolor", config)) == 2  # CutMix probability and label smoothing
     # Over the page limit: an error, and no PDF at --out.
@@ -341,6 +342,7 @@ def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
     assert result["pages"] <= 6
     macros = (study_copy / "report" / "macros.tex").read_text()
     assert "Over 2 seeds (42, 43" in macros and "2 training runs per model" in macros
+    assert "trained with 2 seeds" in macros and "trained once" not in macros
     assert r"CutMix probability only: 61.50\,\%" in macros and "label smoothing only: 59.50" in macros
     assert "the ablation separates them on one seed" in macros
 
