@@ -440,3 +440,11 @@ def test_suspects_listed_without_a_figure_when_images_are_missing(tmp_path, caps
     assert result["label_error_suspects"]["count"] == 4 and "figure" not in result["label_error_suspects"]
     assert "note: no suspects figure:" in capsys.readouterr().out
     assert not (tmp_path / "cmp" / "suspects.png").exists()
+
+
+def test_ablation_run_without_config_is_an_error(pair):
+    labels = np.arange(20) % 10
+    make_run(pair / "half", labels, labels)
+    (pair / "half" / "config.json").unlink()
+    _fails(pair, "half/config.json does not exist", "--ablation", str(pair / "half"))
+    assert not (pair / "cmp").exists()

@@ -1,0 +1,32 @@
+"""The Makefile's own checks: one-sentence errors before anything runs (make -n: nothing is built)."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def make(tmp_path, *args):
+    return subprocess.run(["make", "-n", f"PY={sys.executable}", f"RUNS_DIR={tmp_path}", *args],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("seeds", "STUDY=smoke", "SEEDS="), "SEEDS is empty; give at least one seed"),
+    (("ablation", "STUDY=simplecnn-cifar10"), "changes one thing only; there is nothing to ablate"),
+    (("study", "STUDY=nope"), "unknown STUDY=nope"),
+])
+def test_bad_make_input_is_one_sentence(tmp_path, args, message):
+    proc = make(tmp_path, *args)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_seed_runs_get_their_seed_and_ablation_runs_one_change(tmp_path):
+    out = make(tmp_path, "seeds", "ablation", "STUDY=smoke", "SEEDS=42 43").stdout
+    assert "--name seed43/baseline" in out and "--seed 43" in out and "--name seed42/" not in out
+    assert "--name cutmix-only" in out and "--ablation" in out and "--seeds" in out
