@@ -285,13 +285,16 @@ def plot_high_confidence(table, names, out, plt):
     ri = np.array([100 * r["improved_rate"] for r in table])
     ax.bar(x - 0.2, rb, 0.4, color=BASE_C, label=names[0])
     ax.bar(x + 0.2, ri, 0.4, color=IMPR_C, label=names[1])
+    top = max(rb.max(), ri.max(), 0.1) * 1.3
     for k, r in enumerate(table):
-        if r["relative_reduction"] is not None:
-            ax.text(k, max(rb[k], ri[k]), f"{-100 * r['relative_reduction']:+.0f}%", ha="center",
-                    va="bottom", fontsize=7)
+        if r["relative_reduction"] is not None:  # staggered: neighbouring labels must not touch
+            change = -100 * r["relative_reduction"]
+            sign = "+" if change >= 0 else "\u2212"  # a real minus sign
+            ax.text(k, max(rb[k], ri[k]) + (k % 2) * 0.07 * top, f"{sign}{abs(change):.0f}%",
+                    ha="center", va="bottom", fontsize=6.5)
     ax.set_xticks(x, [f"{r['threshold']:g}" for r in table])
     ax.set(xlabel="confidence threshold t", ylabel="wrong with conf. >= t (% of test)")
-    ax.set_ylim(0, max(rb.max(), ri.max(), 0.1) * 1.25)
+    ax.set_ylim(0, top)
     ax.legend(frameon=False, loc="upper right")
     ax.set_title("High-confidence errors (labels: change vs baseline)")
     _save(fig, out, "high_confidence", plt)
@@ -334,17 +337,19 @@ def plot_reliability(cal, names, out, plt):
         width = edges[1] - edges[0]
         col[0].bar(edges[:-1][full], acc, width, align="edge", color=BASE_C, edgecolor="white", lw=0.4,
                    label="accuracy")
-        col[0].bar(edges[:-1][full], conf - acc, width, bottom=acc, align="edge", color=BAD_C, alpha=0.35,
-                   edgecolor=BAD_C, lw=0.4, label="gap to mean confidence")
+        # The gap is hatched, not filled: where accuracy exceeds confidence it lies on the blue bar.
+        col[0].bar(edges[:-1][full], conf - acc, width, bottom=acc, align="edge", facecolor="none",
+                   edgecolor=BAD_C, hatch="////", lw=0.6, label="gap to mean confidence")
         col[0].plot([0, 1], [0, 1], "--", color="0.3", lw=0.8, label="perfect calibration")
         col[0].text(0.03, 0.97, f"ECE {100 * c['ece']:.2f}%\nNLL {c['nll']:.3f}\nBrier {c['brier']:.3f}",
-                    transform=col[0].transAxes, va="top", fontsize=7)
+                    transform=col[0].transAxes, va="top", fontsize=7,
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5))
         col[0].set(title=name, xlim=(0, 1), ylim=(0, 1))
         col[1].bar(edges[:-1], 100 * count / count.sum(), width, align="edge", color="0.5", edgecolor="white", lw=0.4)
         col[1].set_xlabel(f"confidence (max softmax), {len(count)} bins")
     axes[0, 0].set_ylabel("accuracy in bin")
     axes[1, 0].set_ylabel("% of images")
-    axes[0, 1].legend(loc="lower right", frameon=False)
+    fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
     _save(fig, out, "reliability", plt)
 
 
