@@ -86,6 +86,7 @@ HYPOTHESES ?=
 B := $(S)/baseline
 CMP := $(S)/compare
 PDF := $(S)/report.pdf
+SUPP := $(S)/supplement.pdf
 
 .PHONY: help env test all study smoke report seeds ablation bench clean clean-all FORCE
 
@@ -95,7 +96,7 @@ help:
 	@echo "                          -> corruptions, faithfulness -> compare -> report ($(PDF))"
 	@echo "make all STUDY=simplecnn-cifar10 DATASET=data/cifar10-jpeg   the second variant"
 	@echo "make smoke                the whole chain on synthetic data on a CPU (runs/smoke)"
-	@echo "make report               the PDF of the study's current runs (LaTeX needed)"
+	@echo "make report               the PDF of the study's current runs and its supplement (LaTeX)"
 	@echo "make seeds SEEDS=\"42 43 44\" both models per seed: mean +/- std of accuracies and difference"
 	@echo "make ablation             CutMix only and label smoothing only, beside baseline and both"
 	@echo "make bench                training throughput: reference pipeline vs this one"
@@ -116,8 +117,8 @@ test: $(ENV)
 all: study
 smoke:
 	$(MAKE) study STUDY=smoke
-study: $(PDF) $(B)/faithfulness.json $(S)/improved/faithfulness.json
-report: $(PDF)
+study: $(PDF) $(SUPP)
+report: $(PDF) $(SUPP)
 ifeq ($(STUDY),resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
 endif
@@ -172,13 +173,18 @@ ablation: $(foreach r,baseline improved $(ABLATIONS),$(S)/$(r)/metrics.json) | $
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --out $(S)/ablation \
 	  --ablation $(foreach r,$(ABLATIONS),$(S)/$(r)) --device $(DEVICE)
 
+# What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
+$(SUPP): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json supplement.py \
+         report/supplement.tex $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
+	$(PY) supplement.py --study $(S) --out $@
+
 bench: $(ENV)
 	$(PY) bench.py --device $(DEVICE)
 
 # Generated files only: checkpoints of real runs stay unless asked for with clean-all.
 clean:
 	rm -rf $(RUNS_DIR)/smoke .pytest_cache report/report.pdf
-	rm -rf $(RUNS_DIR)/*/report $(RUNS_DIR)/*/report.pdf
+	rm -rf $(RUNS_DIR)/*/report $(RUNS_DIR)/*/report.pdf $(RUNS_DIR)/*/supplement.pdf
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 clean-all: clean
 	rm -rf $(RUNS_DIR)

@@ -747,30 +747,31 @@ def first_error(log_text):
     return "no error line found"
 
 
-def build_pdf(report_dir, epoch):
-    """latexmk in report_dir/build, from scratch; returns (the PDF's path, its page count)."""
+def build_pdf(report_dir, epoch, name="report"):
+    """latexmk on report_dir/<name>.tex in report_dir/build-<name>, from scratch; returns (the
+    PDF's path, its page count). The main report keeps build/ for its name."""
     missing = [tool for tool in ("latexmk", "pdflatex") if shutil.which(tool) is None]
     if missing:
-        raise UserError(f"{' and '.join(missing)} not found, so {report_dir / 'report.tex'} was written "
+        raise UserError(f"{' and '.join(missing)} not found, so {report_dir / f'{name}.tex'} was written "
                         f"but not compiled; install LaTeX (Debian/Ubuntu: sudo apt-get install "
                         f"{LATEX_PACKAGES}, about 30 s) and run again")
-    build = report_dir / "build"
+    build = report_dir / ("build" if name == "report" else f"build-{name}")
     shutil.rmtree(build, ignore_errors=True)  # no stale .aux: the same inputs, the same passes
     env = dict(os.environ, SOURCE_DATE_EPOCH=epoch, FORCE_SOURCE_DATE="1")
     cmd = ["latexmk", "-norc", "-pdf", "-recorder", "-interaction=nonstopmode", "-halt-on-error",
-           "-file-line-error", "-outdir=build", "report.tex"]
-    log = build / "report.log"
+           "-file-line-error", f"-outdir={build.name}", f"{name}.tex"]
+    log = build / f"{name}.log"
     try:
         proc = subprocess.run(cmd, cwd=report_dir, env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         raise UserError(f"LaTeX did not finish within 10 minutes; see {log}") from None
     text = log.read_text(errors="replace") if log.is_file() else ""
-    if proc.returncode != 0 or not (build / "report.pdf").is_file():
+    if proc.returncode != 0 or not (build / f"{name}.pdf").is_file():
         raise UserError(f"LaTeX failed to build the report ({first_error(text)}); see {log}")
     match = re.search(r"Output written on .*?\((\d+)\s+pages?", text, re.S)
     if match is None:
         raise UserError(f"could not read the page count from {log}; see that log")
-    return build / "report.pdf", int(match.group(1))
+    return build / f"{name}.pdf", int(match.group(1))
 
 
 def make_report(args):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import report
+import supplement
 
 REPO = Path(__file__).resolve().parent.parent
 SPECIAL_HYPOTHESIS = r"50% of aquarium_fish & #1 {x} ~ ^ \ $ <cue> → “quoted” ≥ 0.9"
@@ -349,6 +350,10 @@ def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
 
 #### Bad input
 
+def test_supplement_without_faithfulness_names_the_script(study_copy):
+    with pytest.raises(SystemExit, match=r"faithfulness.json is missing; faithfulness.py writes it"):
+        supplement.main(["--study", str(study_copy)])
+
 @pytest.mark.parametrize("missing, producer", [
     ("compare/comparison.json", "compare.py"), ("compare/gradcam_compare.pdf", "compare.py"),
     ("baseline/failures.json", "failures.py"), ("baseline/gradcam.png", "gradcam.py"),
@@ -412,3 +417,13 @@ def test_smoke_study_end_to_end_and_reproducible(tmp_path):
     again = report.main(["--study", str(study), "--out", str(study / "report-again.pdf")])
     assert (study / "report-again.pdf").read_bytes() == first, "the same inputs gave different PDF bytes"
     assert again["pages"] <= 6
+    # The supplement: both models' faithfulness figures (and the suspects' thumbnails when listed).
+    supp = (study / "supplement.pdf").read_bytes()
+    assert supp.startswith(b"%PDF")
+    recorded = fls_inputs(next((study / "report" / "build-supplement").glob("*.fls")))
+    wanted = {str(study / m / "faithfulness.png") for m in ("baseline", "improved")}
+    if json.loads((study / "compare" / "comparison.json").read_text())["label_error_suspects"].get("figure"):
+        wanted.add(str(study / "compare" / "suspects.png"))
+    assert wanted <= recorded, wanted - recorded
+    supplement.main(["--study", str(study), "--out", str(study / "supplement-again.pdf")])
+    assert (study / "supplement-again.pdf").read_bytes() == supp

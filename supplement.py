@@ -1,0 +1,155 @@
+"""Build a study's supplement PDF: what the 6-page report has no room for, from the JSON results.
+
+    python supplement.py --study runs/smoke      # writes runs/smoke/supplement.pdf
+
+Faithfulness of both models' Grad-CAM maps (faithfulness.py), the corruption grid per corruption,
+possible label errors (compare.py), and make seeds / make ablation results when they exist.
+Sources go to <out dir>/report/ beside the main report's: supplement.tex (a copy of
+report/supplement.tex) and supplement-body.tex (every number and sentence, generated here);
+the same inputs give the same PDF bytes, as for report.py.
+"""
+import argparse
+import os
+from pathlib import Path
+
+from common import UserError, atomic_write, cli_guard, read_json
+from report import build_pdf, changed_list, p_tex, pct, signed, source_date, tex_escape, write_text
+
+TEMPLATE = Path(__file__).resolve().parent / "report" / "supplement.tex"
+MODELS = ("baseline", "improved")
+
+
+def auc(stats):
+    return f"{stats['mean']:.3f} $\\pm$ {stats['std']:.3f}"
+
+
+def faithfulness_section(study, faith, report_dir):
+    rows = []
+    for model in MODELS:
+        f, s = faith[model], faith[model]["sample"]
+        rows.append(f"{model} & {auc(s['gradcam']['deletion_auc'])} & {auc(s['random']['deletion_auc'])} & "
+                    f"{pct(s['gradcam_beats_random']['deletion'], 0)}\\,\\% & {auc(s['gradcam']['insertion_auc'])} & "
+                    f"{auc(s['random']['insertion_auc'])} & {pct(s['gradcam_beats_random']['insertion'], 0)}\\,\\% \\\\")
+    f = faith["baseline"]
+    figures = "\n".join(  # full width: each figure has a deletion and an insertion panel
+        f"\\begin{{center}}\\includegraphics[width=0.9\\linewidth]"
+        f"{{{os.path.relpath(study / m / 'faithfulness.png', report_dir)}}}\\end{{center}}" for m in MODELS)
+    return rf"""\section{{Are the Grad-CAM maps faithful?}}
+Deletion and insertion curves (Petsiuk et al., 2018) on {f['sample']['n']} test images, for each model's
+predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_escape(f['checkpoint'])} checkpoint):
+the pixels a map ranks highest are replaced first, in {f['steps']} steps, by the {tex_escape(f['deletion_baseline'])}
+(deletion: lower area under the curve is better) or put back first into a copy blurred with a
+{tex_escape(f['insertion_start'])} (insertion: higher is better). A random pixel order is the yardstick;
+``better'' is the share of images where Grad-CAM beats it.
+
+\begin{{center}}\small
+\begin{{tabular}}{{lllrlll}}\toprule
+ & \multicolumn{{3}}{{c}}{{deletion AUC}} & \multicolumn{{3}}{{c}}{{insertion AUC}} \\
+model & Grad-CAM & random & better & Grad-CAM & random & better \\\midrule
+{chr(10).join(rows)}
+\bottomrule\end{{tabular}}
+\end{{center}}
+{figures}
+"""
+
+
+def corruption_section(cmp):
+    c = cmp.get("corruptions")
+    if not c:
+        return "\\section{Corruptions}\nNo corruption grids: run corruptions.py on both models.\n"
+    rows = "\n".join(f"{tex_escape(r['name'].replace('_', ' '))} & {pct(r['baseline'])} & {pct(r['improved'])} & "
+                     f"{signed(r['difference'])} \\\\" for r in c["per_corruption"])
+    mce = c["mean_corruption_error"]
+    return rf"""\section{{Accuracy under each corruption}}
+Mean accuracy over severities {', '.join(map(str, c['severities']))} on {c['n']} test images (\%); the mean
+corruption error over all cells is {pct(mce['baseline'])}\,\% for the baseline and {pct(mce['improved'])}\,\%
+for the improved model.
+
+\begin{{center}}\small
+\begin{{tabular}}{{lrrr}}\toprule
+corruption & baseline & improved & change (points) \\\midrule
+{rows}
+\bottomrule\end{{tabular}}
+\end{{center}}
+"""
+
+
+def suspects_section(cmp, study, report_dir):
+    sus = cmp.get("label_error_suspects")
+    if not sus:
+        return ""
+    text = (f"\\section{{Possible label errors}}\nOn {sus['count']} test images ({pct(sus['share'])}\\,\\%) both "
+            f"models are at least {sus['threshold']:g} sure of the same class other than the label. Some may be "
+            "mislabelled, others shared mistakes: they are a list to check by eye, not a verdict.\n")
+    if sus.get("figure"):
+        path = os.path.relpath(study / "compare" / f"{sus['figure']}.png", report_dir)
+        text += f"\n\\begin{{center}}\\includegraphics[width=\\linewidth]{{{path}}}\\end{{center}}\n"
+    return text
+
+
+def seeds_and_ablation_section(seeds, ablation):
+    out = ""
+    if seeds:
+        out += ("\\section{Seeds}\n\\begin{center}\\small\\begin{tabular}{lrrr}\\toprule\nseed & baseline & "
+                "improved & difference (points) \\\\\\midrule\n")
+        for k, s in enumerate(seeds["seeds"]):
+            out += (f"{s} & {pct(seeds['baseline']['values'][k])} & {pct(seeds['improved']['values'][k])} & "
+                    f"{signed(seeds['difference']['values'][k])} \\\\\n")
+        std = seeds["difference"]["std"]
+        out += (f"\\midrule mean & {pct(seeds['baseline']['mean'])} & {pct(seeds['improved']['mean'])} & "
+                f"{signed(seeds['difference']['mean'])}" + (f" $\\pm$ {pct(std)}" if std is not None else "")
+                + " \\\\\\bottomrule\\end{tabular}\\end{center}\n")
+    if ablation:
+        out += ("\\section{Ablation}\nEach run against the baseline on the same seed.\n\\begin{center}\\small"
+                "\\begin{tabular}{lrrrrl}\\toprule\nchanges & accuracy (\\%) & change (points) & corrected & "
+                "worsened & McNemar \\\\\\midrule\n")
+        for r in ablation:
+            out += (f"{changed_list(r['changed'])} & {pct(r['accuracy'])} & {signed(r['difference'])} & "
+                    f"{r['corrected']} & {r['worsened']} & {p_tex(r['mcnemar_p'])} \\\\\n")
+        out += "\\bottomrule\\end{tabular}\\end{center}\n"
+    return out
+
+
+def make_supplement(args):
+    study = Path(args.study)
+    out = Path(args.out) if args.out else study / "supplement.pdf"
+    paths = {"comparison": study / "compare" / "comparison.json",
+             **{m: study / m / "faithfulness.json" for m in MODELS}}
+    for key, path in paths.items():
+        if not path.is_file():
+            script = "compare.py" if key == "comparison" else "faithfulness.py"
+            raise UserError(f"{path} is missing; {script} writes it (make study runs it)")
+    cmp = read_json(paths["comparison"], "comparison")
+    faith = {m: read_json(paths[m], "faithfulness results") for m in MODELS}
+    extra = {}
+    for name in ("seeds", "ablation"):
+        path = study / name / "comparison.json"
+        if path.is_file():
+            paths[name] = path
+            extra[name] = read_json(path, f"{name} comparison").get(name)
+    report_dir = out.parent / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    body = (faithfulness_section(study.resolve(), faith, report_dir.resolve())
+            + corruption_section(cmp) + suspects_section(cmp, study.resolve(), report_dir.resolve())
+            + seeds_and_ablation_section(extra.get("seeds"), extra.get("ablation")))
+    if not TEMPLATE.is_file():
+        raise UserError(f"the LaTeX source {TEMPLATE} is missing; restore it from git")
+    write_text(report_dir / "supplement-body.tex", body)
+    write_text(report_dir / "supplement.tex",
+               TEMPLATE.read_text().replace("STUDYNAME", tex_escape(study.name)))
+    pdf, pages = build_pdf(report_dir, source_date(paths), name="supplement")
+    pdf_bytes = pdf.read_bytes()
+    atomic_write(out, lambda f: f.write(pdf_bytes))
+    print(f"{out}: supplement, {pages} pages (sources in {report_dir})")
+    return {"pdf": str(out), "pages": pages}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", required=True, help="study folder filled by make study")
+    p.add_argument("--out", default=None, help="the PDF (default: <study>/supplement.pdf)")
+    return cli_guard(make_supplement, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
