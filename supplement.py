@@ -78,6 +78,9 @@ def suspects_section(cmp, study, report_dir):
     sus = cmp.get("label_error_suspects")
     if not sus:
         return ""
+    if sus["count"] == 0:
+        return (f"\\section{{Possible label errors}}\nOn no test image are both models at least "
+                f"{sus['threshold']:g} sure of the same class other than the label.\n")
     text = (f"\\section{{Possible label errors}}\nOn {sus['count']} test images ({pct(sus['share'])}\\,\\%) both "
             f"models are at least {sus['threshold']:g} sure of the same class other than the label. Some may be "
             "mislabelled, others shared mistakes: they are a list to check by eye, not a verdict.\n")
