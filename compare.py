@@ -12,6 +12,7 @@ high_confidence, per_class, reliability (corruptions, and with --cases gradcam_c
 PNG and PDF.
 """
 import argparse
+import functools
 import math
 from pathlib import Path
 
@@ -353,11 +354,10 @@ def plot_reliability(cal, names, out, plt):
     _save(fig, out, "reliability", plt)
 
 
-def gradcam_rows(args, b, i, rechecked, device):
+def gradcam_rows(test_x, b, i, rechecked, device):
     """Images and the four maps per case; refuses checkpoints that do not reproduce predictions.npz."""
     rows = [c["row"] for c in rechecked]
-    ds = dataset_from_config(b["config"], args.data_dir)
-    images = ds.test_x[rows]
+    images = test_x()[rows]
     maps = {}
     for key, side in (("baseline", b), ("improved", i)):
         ckpt = side["metrics"].get("checkpoint", "last")
@@ -485,8 +485,12 @@ def compare(args):
         result["cases"] = recheck_cases(args.cases, b, i, classes)
         result["cases_file"] = str(args.cases)
     cam = None
+
+    @functools.cache
+    def test_x():  # the test images, loaded once and only if a figure needs them
+        return dataset_from_config(b["config"], args.data_dir).test_x
     if result["cases"]:  # before any figure is written: it checks the checkpoints against predictions.npz
-        cam = gradcam_rows(args, b, i, result["cases"], resolve_device(args.device))
+        cam = gradcam_rows(test_x, b, i, result["cases"], resolve_device(args.device))
         result["figures"].append("gradcam_compare")
         result["gradcam_layer"] = cam[2]
     import matplotlib
@@ -505,7 +509,7 @@ def compare(args):
         shown = [s["row"] for s in result["label_error_suspects"]["suspects"][:SUSPECTS_SHOWN]]
         if shown:  # a figure for a supplement, not one of the report's ("figures")
             try:
-                images = dataset_from_config(b["config"], args.data_dir).test_x[shown]
+                images = test_x()[shown]
             except UserError as e:  # the list is in comparison.json all the same
                 print(f"note: no suspects figure: {e}")
             else:
