@@ -521,6 +521,14 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
     return model.to(device).eval(), config, ckpt
 
 
+def read_metrics(run_dir):
+    """evaluate.py's metrics.json of a run: its "checkpoint" names the model the predictions came from."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run python evaluate.py --run {run_dir} first")
+    return read_json(path, "metrics")
+
+
 def dataset_from_config(config, data_dir=None):
     """The dataset a run was trained on, with the same test subset (never downloads)."""
     return load_dataset(config["dataset"], data_dir or config["data_dir"], download=False,

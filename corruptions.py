@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (UserError, cli_guard, dataset_from_config, device_name, git_commit, load_run,
-                    read_json, resolve_device, save_json, subset_indices)
+                    read_json, read_metrics, resolve_device, save_json, subset_indices)
 from evaluate import predict
 
 
@@ -393,9 +393,7 @@ def run_grid(args):
     severities = sorted(set(args.severities))
     check_choice(names, severities)
     run = Path(args.run)
-    if not (run / "metrics.json").is_file():
-        raise UserError(f"{run / 'metrics.json'} does not exist; run python evaluate.py --run {run} first")
-    metrics = read_json(run / "metrics.json", "metrics")
+    metrics = read_metrics(run)
     t0 = time.perf_counter()
     device = resolve_device(args.device)
     checkpoint = metrics.get("checkpoint", "last")  # the model evaluate.py described

@@ -21,8 +21,8 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from common import (DEFAULT_CAM_LAYER, UserError, cli_guard, dataset_from_config, device_name,
-                    git_commit, load_run, normalize, read_json, resolve_device, save_figure,
-                    save_json)
+                    git_commit, load_run, normalize, read_json, read_metrics, resolve_device,
+                    save_figure, save_json)
 from failures import load_predictions
 from gradcam import find_layer, grad_cam
 
@@ -163,13 +163,12 @@ def measure(args):
     run = Path(args.run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py first")
-    if not (run / "metrics.json").is_file():
-        raise UserError(f"{run / 'metrics.json'} does not exist; run python evaluate.py --run {run} first")
+    metrics = read_metrics(run)
     pred_npz = load_predictions(run)
     probs, labels, indices = pred_npz["probs"], pred_npz["labels"], pred_npz["indices"]
     preds = probs.argmax(1)
     # The checkpoint whose predictions evaluate.py wrote, so the maps explain those predictions.
-    checkpoint = read_json(run / "metrics.json", "metrics").get("checkpoint", "last")
+    checkpoint = metrics.get("checkpoint", "last")
     device = resolve_device(args.device)
     model, config, _ = load_run(run, checkpoint, device)
     layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
