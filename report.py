@@ -179,6 +179,17 @@ def changed_list(changed_values):
 
 #### Loading
 
+def load_extras(study, paths):
+    """make seeds / make ablation results, when they exist; their files are added to paths."""
+    extras = {}
+    for name in ("seeds", "ablation"):
+        path = study / name / "comparison.json"
+        if path.is_file():
+            paths[f"{name}_comparison"] = path
+            extras[name] = read_json(path, f"{name} comparison").get(name)
+    return extras
+
+
 def load_study(study):
     """Paths of every input and the JSON files' contents; a missing file names its producer."""
     study = Path(study)
@@ -204,11 +215,7 @@ def load_study(study):
         elif f"cmp_{stem}" not in paths:
             print(f"note: comparison.json lists the figure {stem}, which report.tex does not place",
                   file=sys.stderr)
-    for extra in ("seeds", "ablation"):  # make seeds / make ablation: used when present
-        path = study / extra / "comparison.json"
-        if path.is_file():
-            paths[f"{extra}_comparison"] = path
-            data[extra] = read_json(path, f"{extra} comparison").get(extra)
+    data.update(load_extras(study, paths))
     cases = data["failures"].get("cases") or []
     if not cases or any("evidence" not in c for c in cases):
         raise UserError(f"{paths['failures']} has no Grad-CAM evidence for its cases; gradcam.py "

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from common import UserError, atomic_write, cli_guard, read_json
-from report import build_pdf, changed_list, p_tex, pct, signed, source_date, tex_escape, write_text
+from report import (build_pdf, changed_list, load_extras, p_tex, pct, signed, source_date, tex_escape,
+                    write_text)
 
 TEMPLATE = Path(__file__).resolve().parent / "report" / "supplement.tex"
 MODELS = ("baseline", "improved")
@@ -124,12 +125,7 @@ def make_supplement(args):
             raise UserError(f"{path} is missing; {script} writes it (make study runs it)")
     cmp = read_json(paths["comparison"], "comparison")
     faith = {m: read_json(paths[m], "faithfulness results") for m in MODELS}
-    extra = {}
-    for name in ("seeds", "ablation"):
-        path = study / name / "comparison.json"
-        if path.is_file():
-            paths[name] = path
-            extra[name] = read_json(path, f"{name} comparison").get(name)
+    extra = load_extras(study, paths)
     report_dir = out.parent / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     body = (faithfulness_section(study.resolve(), faith, report_dir.resolve())
