@@ -88,7 +88,7 @@ CMP := $(S)/compare
 PDF := $(S)/report.pdf
 SUPP := $(S)/supplement.pdf
 
-.PHONY: help env test all study smoke report seeds ablation bench clean clean-all FORCE
+.PHONY: help env test all study analysis smoke report seeds ablation bench clean clean-all FORCE
 
 help:
 	@echo "make test                 set up .venv and run the test suite (CPU, offline)"
@@ -97,6 +97,7 @@ help:
 	@echo "make all STUDY=simplecnn-cifar10 DATASET=data/cifar10-jpeg   the second variant"
 	@echo "make smoke                the whole chain on synthetic data on a CPU (runs/smoke)"
 	@echo "make report               the PDF of the study's current runs and its supplement (LaTeX)"
+	@echo "make analysis             the whole study but the PDFs (a GPU machine without LaTeX)"
 	@echo "make seeds SEEDS=\"42 43 44\" both models per seed: mean +/- std of accuracies and difference"
 	@echo "make ablation             CutMix only and label smoothing only, beside baseline and both"
 	@echo "make bench                training throughput: reference pipeline vs this one"
@@ -118,6 +119,8 @@ all: study
 smoke:
 	$(MAKE) study STUDY=smoke
 study: $(PDF) $(SUPP)
+# Everything but the PDFs, for a GPU machine without LaTeX: make report later where LaTeX is.
+analysis: $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
 report: $(PDF) $(SUPP)
 ifeq ($(STUDY),resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
@@ -148,7 +151,7 @@ $(B)/gradcam.npz: $(B)/failures.json gradcam.py | $(ENV)
 
 # Stress tests of each model: the corruption grid, and how faithful its Grad-CAM maps are (on a
 # test sample and on the baseline's cases, so both models are scored on the same images).
-$(S)/%/corruptions.json: $(S)/%/metrics.json corruptions.py | $(ENV)
+$(S)/%/corruptions.json: $(S)/%/metrics.json corruptions.py corrupt.py | $(ENV)
 	$(PY) corruptions.py --run $(@D) --device $(DEVICE) $(CORRUPT_FLAGS)
 
 $(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/gradcam.npz faithfulness.py | $(ENV)
@@ -160,7 +163,7 @@ $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradca
 	  --out $(CMP) --device $(DEVICE)
 
 # make seeds / make ablation results enter the report when they exist.
-$(PDF): $(CMP)/comparison.json report.py report/report.tex \
+$(PDF): $(CMP)/comparison.json report.py prose.py report/report.tex \
         $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
 	$(PY) report.py --study $(S) --out $@
 
@@ -174,7 +177,7 @@ ablation: $(foreach r,baseline improved $(ABLATIONS),$(S)/$(r)/metrics.json) | $
 	  --ablation $(foreach r,$(ABLATIONS),$(S)/$(r)) --device $(DEVICE)
 
 # What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
-$(SUPP): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json supplement.py \
+$(SUPP): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json supplement.py prose.py \
          report/supplement.tex $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
 	$(PY) supplement.py --study $(S) --out $@
 

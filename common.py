@@ -207,7 +207,6 @@ ARCHIVES = {  # official archive name, md5 and the pickles inside it
     "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
                  ["train"], ["test"], "meta"),
 }
-DATASETS = ("cifar100", "cifar10", "synthetic", "<folder with train/ and test/>")
 
 
 def file_md5(path):
@@ -239,8 +238,36 @@ def _fetch_archive(name, data_dir, download):
     return path
 
 
+def _archive_kind(path):
+    """cifar10 or cifar100, from the folder inside an official-format archive (its name may be any)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            top = {m.name.split("/")[0] for m in tar.getmembers()}
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .tar.gz archive ({e})") from None
+    for kind, entry in ARCHIVES.items():
+        if entry[2] in top:
+            return kind
+    raise UserError(f"{path} holds neither cifar-10-batches-py/ nor cifar-100-python/, so it is "
+                    "not in the official CIFAR python format")
+
+
 def _load_cifar(name, data_dir, download):
-    path = _fetch_archive(name, data_dir, download)
+    return _parse_archive(_fetch_archive(name, data_dir, download), name)
+
+
+def _load_archive_file(path):
+    """An official-format archive given by path: the official file or one generated in its format.
+
+    It is parsed by the same code as a downloaded archive; only the checksum is not required.
+    """
+    kind = _archive_kind(path)
+    if file_md5(path) != ARCHIVES[kind][1]:
+        print(f"note: {path} is in the official {kind} format but is not the official file")
+    return _parse_archive(path, kind)
+
+
+def _parse_archive(path, name):
     _, _, folder, train_files, test_files, meta_file = ARCHIVES[name]
     label_key = "fine_labels" if name == "cifar100" else "labels"
     try:
@@ -348,32 +375,42 @@ def _shape_masks(size=11):
     ])
 
 
+def draw_objects(y, g, size=32, colour=None):
+    """uint8 images of the shapes SHAPES[y] on clutter, and their boxes (x0, y0, x1, y1).
+
+    colour: (n, 3) in [0, 1]; by default a random colour per image, drawn from g.
+    """
+    n = len(y)
+    masks = _shape_masks()
+    s = masks.shape[-1]
+    # Clutter: blocky low-frequency colour noise plus fine noise, so no pixel statistic
+    # outside the object reveals the class.
+    coarse = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    img = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 0.6
+    img += 0.15 * torch.rand(n, 3, size, size, generator=g)
+    if colour is None:
+        colour = 0.3 + 0.7 * torch.rand(n, 3, generator=g)
+    x0 = torch.randint(0, size - s + 1, (n,), generator=g)
+    y0 = torch.randint(0, size - s + 1, (n,), generator=g)
+    rows = y0[:, None] + torch.arange(s)  # (n, s)
+    cols = x0[:, None] + torch.arange(s)
+    full = torch.zeros(n, size, size, dtype=torch.bool)
+    full[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = masks[y]
+    img = torch.where(full[:, None], colour.view(n, 3, 1, 1).expand(-1, -1, size, size), img)
+    boxes = torch.stack([x0, y0, x0 + s, y0 + s], 1)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), boxes
+
+
 def make_synthetic(n_train=5000, n_test=1000, seed=0, size=32):
     """Ten classes decided by an object's shape, of random colour, at a random place on clutter."""
     g = torch.Generator().manual_seed(seed)
-    masks = _shape_masks()
-    s = masks.shape[-1]
 
     def split(n):
         y = torch.randint(0, len(SHAPES), (n,), generator=g)
-        # Clutter: blocky low-frequency colour noise plus fine noise, so no pixel statistic
-        # outside the object reveals the class.
-        coarse = torch.rand(n, 3, size // 4, size // 4, generator=g)
-        img = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 0.6
-        img += 0.15 * torch.rand(n, 3, size, size, generator=g)
-        colour = 0.3 + 0.7 * torch.rand(n, 3, 1, 1, generator=g)
-        x0 = torch.randint(0, size - s + 1, (n,), generator=g)
-        y0 = torch.randint(0, size - s + 1, (n,), generator=g)
-        rows = y0[:, None] + torch.arange(s)  # (n, s)
-        cols = x0[:, None] + torch.arange(s)
-        full = torch.zeros(n, size, size, dtype=torch.bool)
-        full[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = masks[y]
-        img = torch.where(full[:, None], colour.expand(-1, -1, size, size), img)
-        boxes = torch.stack([x0, y0, x0 + s, y0 + s], 1)
-        return (img.clamp(0, 1) * 255).round().to(torch.uint8), y, boxes
+        return (y, *draw_objects(y, g, size))
 
-    train_x, train_y, _ = split(n_train)
-    test_x, test_y, test_boxes = split(n_test)
+    train_y, train_x, _ = split(n_train)
+    test_y, test_x, test_boxes = split(n_test)
     return Dataset("synthetic", train_x, train_y, test_x, test_y, list(SHAPES),
                    test_boxes=test_boxes)
 
@@ -387,16 +424,20 @@ def subset_indices(n, limit, seed=0):
 
 
 def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_test=None):
-    """cifar100 | cifar10 | synthetic | a folder with train/<class>/ and test/<class>/."""
+    """cifar100 | cifar10 | synthetic | a folder with train/<class>/ and test/<class>/ |
+    an official-format CIFAR .tar.gz archive given by its path."""
     if name in ARCHIVES:
         ds = _load_cifar(name, data_dir, download)
     elif name == "synthetic":
         ds = make_synthetic()
     elif Path(name).is_dir():
         ds = _load_folder(name, data_dir)
+    elif Path(name).is_file():
+        ds = _load_archive_file(name)
     else:
-        raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic or a folder "
-                        "with train/<class>/ and test/<class>/ image folders")
+        raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic, a folder "
+                        "with train/<class>/ and test/<class>/ image folders or the path of an "
+                        "official-format CIFAR .tar.gz archive")
     train_idx = subset_indices(len(ds.train_y), limit_train)
     if train_idx is not None:
         ds.train_x, ds.train_y = ds.train_x[train_idx], ds.train_y[train_idx]

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from common import UserError, atomic_write, cli_guard, read_json
-from report import (build_pdf, changed_list, load_extras, p_tex, pct, signed, source_date, tex_escape,
-                    write_text)
+from prose import changed_list, p_tex, pct, signed, tex_escape
+from report import build_pdf, load_extras, source_date, write_text
 
 TEMPLATE = Path(__file__).resolve().parent / "report" / "supplement.tex"
 MODELS = ("baseline", "improved")

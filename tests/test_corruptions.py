@@ -1,4 +1,4 @@
-"""corruptions.py: every corruption keeps shape, dtype and input; determinism; distortion grows with
+"""corrupt.py and corruptions.py: every corruption keeps shape, dtype and input; determinism; distortion grows with
 severity; agreement with NumPy/SciPy/OpenCV/PIL versions of the published functions; bad input; and
 the command line on a trained synthetic run."""
 import copy
@@ -17,11 +17,11 @@ import common
 import corruptions
 import evaluate
 import train
-from corruptions import CORRUPTIONS, NAMES, corrupt
+from corrupt import CORRUPTIONS, NAMES, corrupt
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
           "snow", "fog", "elastic_transform"}
-# The published constants themselves are not ordered by distortion for these (module docstring):
+# The published constants themselves are not ordered by distortion for these (corrupt.py's docstring):
 # glass_blur's blur grows while its pixel moves do not, elastic_transform's affine shift shrinks from
 # severity 1 to 5 and its smoothed displacement is under a pixel, saturate goes x0.3, x0.1, x1.5, ...
 NOT_MONOTONE = {"glass_blur", "elastic_transform", "saturate"}

@@ -1,6 +1,5 @@
 """Dataset loading: official-format CIFAR archives, folder datasets, the synthetic set."""
 import io
-import pickle
 import tarfile
 
 import cv2
@@ -10,41 +9,12 @@ import torch
 
 import common
 from common import UserError, file_md5, load_dataset, make_synthetic
-
-
-def _pickle_member(tar, name, obj):
-    data = pickle.dumps(obj)
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+from make_cifar_archive import cifar100_names, fine_to_coarse, write_archive
 
 
 def make_cifar_archive(path, kind, n_train=30, n_test=20, seed=0):
     """An archive in the official layout (data uint8 N x 3072 in CHW row order) with known pixels."""
-    rng = np.random.default_rng(seed)
-    num_classes = 100 if kind == "cifar100" else 10
-
-    def split(n):
-        return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, num_classes, n)
-    (tr_x, tr_y), (te_x, te_y) = split(n_train), split(n_test)
-    with tarfile.open(path, "w:gz") as tar:
-        if kind == "cifar100":
-            fine_to_coarse = np.arange(100) // 5
-            for name, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
-                _pickle_member(tar, f"cifar-100-python/{name}", {
-                    "data": x, "fine_labels": y.tolist(), "coarse_labels": fine_to_coarse[y].tolist(),
-                    "filenames": [f"{name}_{i}.png" for i in range(len(y))]})
-            _pickle_member(tar, "cifar-100-python/meta", {
-                "fine_label_names": [f"fine{i}" for i in range(100)],
-                "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-        else:
-            for i, part in enumerate(np.array_split(np.arange(n_train), 5)):
-                _pickle_member(tar, f"cifar-10-batches-py/data_batch_{i + 1}",
-                               {"data": tr_x[part], "labels": tr_y[part].tolist()})
-            _pickle_member(tar, "cifar-10-batches-py/test_batch", {"data": te_x, "labels": te_y.tolist()})
-            _pickle_member(tar, "cifar-10-batches-py/batches.meta",
-                           {"label_names": [f"c{i}" for i in range(10)]})
-    return tr_x, tr_y, te_x, te_y
+    return write_archive(path, kind, n_train, n_test, seed, pixels="noise")
 
 
 @pytest.fixture
@@ -73,9 +43,10 @@ def test_official_archive_is_parsed(kind, tmp_path, trusted_archive):
     assert ds.test_x[3, 2, 31, 31] == te_x[3, 3071]
     assert ds.num_classes == (100 if kind == "cifar100" else 10)
     if kind == "cifar100":
-        assert ds.classes[7] == "fine7"
+        fine, coarse = cifar100_names()
+        assert ds.classes == fine
         present = set(te_y.tolist())
-        assert all(ds.superclasses[c] == f"coarse{c // 5}" for c in present)
+        assert all(ds.superclasses[c] == coarse[fine_to_coarse(c)] for c in present)
     else:
         assert ds.superclasses is None
 
@@ -99,6 +70,62 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tvu, "download_url", offline)
     with pytest.raises(UserError, match="could not download cifar-100-python.tar.gz.*put the official"):
         load_dataset("cifar100", tmp_path, download=True)
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_archive_given_by_path_is_parsed_like_the_official_one(kind, tmp_path, trusted_archive, capsys):
+    trusted_archive(kind)
+    official = load_dataset(kind, tmp_path, download=False)
+    capsys.readouterr()
+    # Any name: the kind comes from the folder inside; the checksum is the official one here.
+    renamed = tmp_path / "copy.tar.gz"
+    renamed.write_bytes((tmp_path / common.ARCHIVES[kind][0]).read_bytes())
+    ds = load_dataset(str(renamed), tmp_path / "unused")
+    assert torch.equal(ds.train_x, official.train_x) and torch.equal(ds.test_y, official.test_y)
+    assert ds.classes == official.classes and ds.superclasses == official.superclasses
+    assert "not the official file" not in capsys.readouterr().out
+
+
+def test_generated_archive_by_path_says_it_is_not_the_official_file(tmp_path, capsys):
+    tr_x, tr_y, te_x, te_y = write_archive(tmp_path / "gen.tar.gz", "cifar100", 40, 15, pixels="shapes")
+    ds = load_dataset(str(tmp_path / "gen.tar.gz"), tmp_path, limit_test=10)
+    assert "not the official file" in capsys.readouterr().out
+    assert ds.num_classes == 100 and len(set(ds.superclasses) - {"unknown"}) <= 20
+    assert ds.classes[37] == "triangle-blue"
+    for fine in set(ds.test_y.tolist()):  # every class's superclass: its shape and half of its hues
+        assert ds.superclasses[fine] == ds.classes[fine].split("-")[0] + (
+            "-red-green" if fine % 10 < 5 else "-teal-magenta")
+    assert torch.equal(ds.test_x, torch.from_numpy(te_x).view(-1, 3, 32, 32)[ds.test_indices])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a tar file", "not a readable .tar.gz archive"),
+    (None, "neither cifar-10-batches-py/ nor cifar-100-python/"),
+])
+def test_a_file_that_is_not_a_cifar_archive_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "x.tar.gz"
+    if content is None:
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo("other/readme.txt")
+            tar.addfile(info, io.BytesIO(b""))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_dataset(str(path), tmp_path)
+
+
+def test_archive_generator_refuses_to_overwrite(tmp_path, capsys):
+    import make_cifar_archive
+    out = tmp_path / "c10.tar.gz"
+    make_cifar_archive.main([str(out), "--kind", "cifar10", "--n-train", "20", "--n-test", "5"])
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="already exists; use --overwrite"):
+        make_cifar_archive.main([str(out), "--kind", "cifar10", "--n-train", "30", "--n-test", "5"])
+    assert out.read_bytes() == before
+    ds = load_dataset(str(out), tmp_path)
+    assert len(ds.train_y) == 20 and ds.classes == list(common.SHAPES)
+    with pytest.raises(SystemExit):
+        make_cifar_archive.main([str(tmp_path / "y.tar.gz"), "--n-train", "0"])
 
 
 def test_limits_take_a_fixed_subset_that_keeps_original_indices(tmp_path, trusted_archive):

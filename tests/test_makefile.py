@@ -30,3 +30,11 @@ def test_seed_runs_get_their_seed_and_ablation_runs_one_change(tmp_path):
     out = make(tmp_path, "seeds", "ablation", "STUDY=smoke", "SEEDS=42 43").stdout
     assert "--name seed43/baseline" in out and "--seed 43" in out and "--name seed42/" not in out
     assert "--name cutmix-only" in out and "--ablation" in out and "--seeds" in out
+
+
+def test_analysis_runs_every_step_but_the_pdfs(tmp_path):
+    out = make(tmp_path, "analysis", "STUDY=smoke").stdout
+    for script in ("train.py", "evaluate.py", "failures.py", "gradcam.py", "corruptions.py",
+                   "faithfulness.py", "compare.py"):
+        assert script in out
+    assert "report.py" not in out and "supplement.py" not in out

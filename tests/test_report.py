@@ -1,4 +1,4 @@
-"""report.py: LaTeX escaping, prose that follows the numbers, bad input, a CIFAR-100-shaped study
+"""report.py and prose.py: LaTeX escaping, prose that follows the numbers, bad input, a CIFAR-100-shaped study
 (100 classes, superclasses, 5 cases, an analyst's hypothesis full of LaTeX specials) built from the
 real plotting functions, and the whole smoke chain through make with a byte-identical rebuild.
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import prose
 import report
 import supplement
 
@@ -57,11 +58,11 @@ def pdf_pages(build_dir):
     ("日", "?"),
 ])
 def test_tex_escape(text, expected):
-    assert report.tex_escape(text) == expected
+    assert prose.tex_escape(text) == expected
 
 
 def test_escaped_text_has_no_unescaped_specials():
-    out = report.tex_escape(SPECIAL_HYPOTHESIS)
+    out = prose.tex_escape(SPECIAL_HYPOTHESIS)
     stripped = re.sub(r"\\[a-zA-Z]+\{\}|\\ensuremath\{\\geq\}|\\[&%$#_{}]", "", out)
     assert not set(stripped) & set("&%$#_{}~^\\")
 
@@ -86,90 +87,90 @@ WORSE = comparison(0.75, 0.74, 40, 50, [-0.03, 0.01], 0.34, 10, 40, mean_b=0.7, 
 
 
 def test_prose_follows_the_numbers():
-    good, bad = report.accuracy_sentence(BETTER), report.accuracy_sentence(WORSE)
+    good, bad = prose.accuracy_sentence(BETTER), prose.accuracy_sentence(WORSE)
     assert "more accurate" in good and "entirely above zero" in good and "75.00" in good
     assert "less accurate" in bad and "includes zero" in bad and "74.00" in bad
-    assert "below 0.05" in report.significance_sentence(BETTER)
-    assert "not below 0.05" in report.significance_sentence(WORSE)
-    assert r"10^{-30}" in report.significance_sentence(BETTER)
-    hc_good, hc_bad = report.high_confidence_sentence(BETTER), report.high_confidence_sentence(WORSE)
+    assert "below 0.05" in prose.significance_sentence(BETTER)
+    assert "not below 0.05" in prose.significance_sentence(WORSE)
+    assert r"10^{-30}" in prose.significance_sentence(BETTER)
+    hc_good, hc_bad = prose.high_confidence_sentence(BETTER), prose.high_confidence_sentence(WORSE)
     assert "fell from 40 to 10" in hc_good and "less confident" in hc_good
     assert "rose from 10 to 40" in hc_bad and "more confident" in hc_bad
-    good, bad = report.conclusion_sentence(BETTER, "x"), report.conclusion_sentence(WORSE, "x")
+    good, bad = prose.conclusion_sentence(BETTER, "x"), prose.conclusion_sentence(WORSE, "x")
     assert "raised" in good and "reduced" in good and "not significant" not in good
     assert "lowered" in bad and "increased" in bad and "not significant" in bad
     smoke_like = comparison(0.74, 0.20, 90, 630, [-0.6, -0.5], 1e-9, 3, 0)
-    fewer_confident = report.high_confidence_sentence(smoke_like)
+    fewer_confident = prose.high_confidence_sentence(smoke_like)
     assert "fell from 3 to 0" in fewer_confident and "while errors at any confidence rose" in fewer_confident
     no_confident = comparison(0.7, 0.7, 10, 10, [-0.01, 0.01], 1.0, 0, 0)
     no_confident["high_confidence_errors"][0].update(baseline=17, improved=4)
-    assert "at least 0.5 fell from 17 to 4" in report.high_confidence_sentence(no_confident)
+    assert "at least 0.5 fell from 17 to 4" in prose.high_confidence_sentence(no_confident)
     same = comparison(0.7, 0.7, 10, 10, [-0.01, 0.01], 1.0, 5, 5)
-    assert "exactly as accurate" in report.accuracy_sentence(same)
-    assert "stayed at 5" in report.high_confidence_sentence(same)
+    assert "exactly as accurate" in prose.accuracy_sentence(same)
+    assert "stayed at 5" in prose.high_confidence_sentence(same)
 
 
 def test_optional_sections_follow_the_numbers():
     cal = {"n_bins": 15, "baseline": {"ece": 0.10, "nll": 1.5, "brier": 0.5},
            "improved": {"ece": 0.04, "nll": 1.2, "brier": 0.4}}
-    assert "fell" in report.calibration_sentence({"calibration": cal})
+    assert "fell" in prose.calibration_sentence({"calibration": cal})
     swapped = {"calibration": dict(cal, baseline=cal["improved"], improved=cal["baseline"])}
-    assert "rose" in report.calibration_sentence(swapped) and report.calibration_sentence({}) == ""
+    assert "rose" in prose.calibration_sentence(swapped) and prose.calibration_sentence({}) == ""
     cor = {"corruptions": ["fog", "gaussian_noise"], "severities": [1, 2, 3, 4, 5], "n": 100,
            "mean_corruption_error": {"baseline": 0.5, "improved": 0.6}, "helps_most": [],
            "hurts_most": ["gaussian_noise"]}
-    s = report.corruptions_sentence({"corruptions": cor})
+    s = prose.corruptions_sentence({"corruptions": cor})
     assert "rose" in s and "gaussian noise" in s and "helps" not in s
-    assert report.corruptions_sentence({"corruptions": None}) == ""
+    assert prose.corruptions_sentence({"corruptions": None}) == ""
     cases = [{"index": 1, "true_name": "a_b", "improved_pred_name": "c", "fixed": True},
              {"index": 2, "true_name": "d", "improved_pred_name": "e", "fixed": False}]
-    some = report.cases_sentence({"cases": cases})
+    some = prose.cases_sentence({"cases": cases})
     assert "1 of them" in some and r"\#2 (d" in some
-    assert "none of them" in report.cases_sentence({"cases": cases[1:]})
-    assert "all 1" in report.cases_sentence({"cases": cases[:1]})
+    assert "none of them" in prose.cases_sentence({"cases": cases[1:]})
+    assert "all 1" in prose.cases_sentence({"cases": cases[:1]})
 
 
 def test_p_value_never_rounds_across_the_threshold():
-    assert float(re.search(r"= ([\d.]+)", report.p_tex(0.049996)).group(1)) < 0.05
-    assert float(re.search(r"= ([\d.]+)", report.p_tex(0.05)).group(1)) == 0.05
-    assert report.p_tex(0.0) == r"$p < 10^{-300}$"
-    assert report.p_tex(4.03e-101) == r"$p = 4.0\times 10^{-101}$"
+    assert float(re.search(r"= ([\d.]+)", prose.p_tex(0.049996)).group(1)) < 0.05
+    assert float(re.search(r"= ([\d.]+)", prose.p_tex(0.05)).group(1)) == 0.05
+    assert prose.p_tex(0.0) == r"$p < 10^{-300}$"
+    assert prose.p_tex(4.03e-101) == r"$p = 4.0\times 10^{-101}$"
 
 
 def test_checkpoint_changes_and_seeds_sentences():
     last, best = {"checkpoint": "last"}, {"checkpoint": "best"}
     same = {"epochs": 50, "best_epoch": 50, "final_test_accuracy": 0.6, "best_test_accuracy": 0.6, "seed": 42}
     differ = dict(same, best_epoch=31, best_test_accuracy=0.62)
-    s = report.checkpoint_sentence(last, last, same, same)
+    s = prose.checkpoint_sentence(last, last, same, same)
     assert "final weights" in s and "coincide" in s
-    s = report.checkpoint_sentence(best, best, same, differ)
+    s = prose.checkpoint_sentence(best, best, same, differ)
     assert "best-on-test" in s and "optimistic" in s and "epoch 31" in s and "not the same" in s
-    assert "different checkpoints" in report.checkpoint_sentence(last, best, same, same)
-    assert "the same seed, 42" in report.seeds_sentence(same, same)
-    assert "seeds 42 and 7" in report.seeds_sentence(same, dict(same, seed=7))
+    assert "different checkpoints" in prose.checkpoint_sentence(last, best, same, same)
+    assert "the same seed, 42" in prose.seeds_sentence(same, same)
+    assert "seeds 42 and 7" in prose.seeds_sentence(same, dict(same, seed=7))
     seeds = {"seeds": [42, 43, 44], "improved_better": 2,
              "baseline": {"mean": 0.6, "std": 0.004}, "improved": {"mean": 0.61, "std": 0.006},
              "difference": {"mean": 0.01, "std": 0.012}}
-    s = report.seeds_sentence(same, same, seeds)
+    s = prose.seeds_sentence(same, same, seeds)
     assert "Over 3 seeds (42, 43, 44" in s and "60.00" in s and "+1.00" in s and "1.20" in s
     assert "2 of 3 seeds" in s and "seed 42" in s
-    assert "the same seed, 42" in report.seeds_sentence(same, same, dict(seeds, seeds=[42]))
-    two = report.changed_sentence(BETTER)
+    assert "the same seed, 42" in prose.seeds_sentence(same, same, dict(seeds, seeds=[42]))
+    two = prose.changed_sentence(BETTER)
     assert "2 settings together" in two and "does not separate their effects" in two
-    seed_only = report.changed_sentence({"changed_values": {"seed": {"baseline": 42, "improved": 43}}})
+    seed_only = prose.changed_sentence({"changed_values": {"seed": {"baseline": 42, "improved": 43}}})
     assert "only in their seed" in seed_only and "seed included" not in seed_only
     augment = {"augment": {"baseline": "none", "improved": "crop-flip"}}
-    one = report.changed_sentence({"changed_values": augment})
+    one = prose.changed_sentence({"changed_values": augment})
     assert "exactly one setting" in one and "crop + flip" in one
-    assert "identical" in report.changed_sentence({"changed_values": {}})
-    assert "same code version" in report.code_sentence({"git_commit": "abc"}, {"git_commit": "abc"})
-    assert "different code versions" in report.code_sentence({"git_commit": "abc"},
+    assert "identical" in prose.changed_sentence({"changed_values": {}})
+    assert "same code version" in prose.code_sentence({"git_commit": "abc"}, {"git_commit": "abc"})
+    assert "different code versions" in prose.code_sentence({"git_commit": "abc"},
                                                              {"git_commit": "abd-dirty"})
     cases = {"cases": [{}, {}], "selection": {"source": "analyst", "rule": "--cases"}}
-    assert "An analyst chose the 2 cases" in report.selection_sentence(cases)
+    assert "An analyst chose the 2 cases" in prose.selection_sentence(cases)
     auto = {"cases": [{}], "selection": {"source": "auto", "rule": "most confident", "note": "only 0 pass"}}
-    assert "most confident errors" in report.selection_sentence(auto)
-    assert "only 0 pass" in report.selection_sentence(auto)
+    assert "most confident errors" in prose.selection_sentence(auto)
+    assert "only 0 pass" in prose.selection_sentence(auto)
 
 
 #### A CIFAR-100-shaped study, drawn by the real plotting functions
@@ -315,7 +316,7 @@ def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
     assert result["pages"] == pdf_pages(study_copy / "report" / "build") <= 6
     check_figures_recorded(study_copy, study_copy / "report")
     cases = (study_copy / "report" / "table-cases.tex").read_text()
-    assert report.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
+    assert prose.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
     assert r"aquarium\_fish" in cases and r"large\_man-made\_outdoor\_things" in cases
     macros = (study_copy / "report" / "macros.tex").read_text()
     assert "CIFAR-100" in macros and "ResNet-18" in macros and "more accurate" in macros
@@ -427,3 +428,15 @@ def test_smoke_study_end_to_end_and_reproducible(tmp_path):
     assert wanted <= recorded, wanted - recorded
     supplement.main(["--study", str(study), "--out", str(study / "supplement-again.pdf")])
     assert (study / "supplement-again.pdf").read_bytes() == supp
+
+
+@pytest.mark.parametrize("name, num_classes, expected", [
+    ("cifar100", 100, "CIFAR-100"),
+    ("data/cifar10-jpeg", 10, "CIFAR-10 (folder cifar10-jpeg)"),
+    # An archive given by path may be generated: the report names its format, not the dataset.
+    ("data/synthetic-cifar100.tar.gz", 100, "CIFAR-100-format archive synthetic-cifar100.tar.gz"),
+    ("data/x.tgz", 10, "CIFAR-10-format archive x.tgz"),
+    ("synthetic", 10, "synthetic shapes"),
+])
+def test_dataset_name(name, num_classes, expected):
+    assert prose.dataset_name(name, num_classes) == expected

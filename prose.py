@@ -1,0 +1,478 @@
+"""The report's words: LaTeX-safe text from the data, and every sentence that depends on the results.
+
+Generated from comparison.json and the runs' JSON files, so each sentence stays true whatever the
+numbers are (report.py puts them into macros.tex; supplement.py uses the text helpers).
+"""
+import re
+import unicodedata
+from pathlib import Path
+
+ARCH_NAMES = {"resnet18": "ResNet-18", "simplecnn": "SimpleCNN"}
+SETTINGS = {  # config.json key -> label in the configuration table, in table order
+    "arch": "architecture", "dataset": "dataset", "epochs": "epochs", "batch_size": "batch size",
+    "optimizer": "optimizer", "lr": "learning rate", "momentum": "momentum (SGD)",
+    "weight_decay": "weight decay", "milestones": "lr milestones (epochs)",
+    "gamma": "lr factor at milestones",
+    "augment": "augmentation", "cutmix_prob": "CutMix probability", "cutmix_alpha": "CutMix alpha",
+    "label_smoothing": "label smoothing", "seed": "seed", "limit_train": "training subset",
+    "limit_test": "test subset", "amp": "bf16 autocast", "compile": "torch.compile",
+    "deterministic": "deterministic kernels"}
+
+
+#### LaTeX text
+
+TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+UNICODE_TEX = {"→": r"\textrightarrow{}", "←": r"\textleftarrow{}", "≥": r"\ensuremath{\geq}",
+               "≤": r"\ensuremath{\leq}", "≈": r"\ensuremath{\approx}", "×": r"\texttimes{}",
+               "±": r"\textpm{}", "°": r"\textdegree{}", "µ": r"\textmu{}", "μ": r"\textmu{}",
+               "–": "--", "—": "---", "‘": "`", "’": "'", "“": "``", "”": "''", "…": r"\dots{}"}
+
+
+def tex_escape(text):
+    """Any text from the data (class names, an analyst's hypothesis) as LaTeX that typesets it.
+
+    Latin letters stay (T1 fonts have them); other characters without a glyph are folded to ASCII
+    or become '?', so no input can stop the build."""
+    out = []
+    for ch in str(text):
+        if ch in TEX_SPECIALS:
+            out.append(TEX_SPECIALS[ch])
+        elif ch in UNICODE_TEX:
+            out.append(UNICODE_TEX[ch])
+        elif ch.isspace():
+            out.append(" ")
+        elif ch.isascii():
+            out.append(ch if ch.isprintable() else "")
+        elif ord(ch) < 0x180 and ch.isalpha():
+            out.append(ch)
+        else:
+            folded = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            out.append(tex_escape(folded) if folded else "?")
+    return "".join(out)
+
+
+def pct(x, digits=2):
+    return f"{100 * x:.{digits}f}"
+
+
+def signed(x, digits=2):
+    """A signed number of points (x is a fraction), with a real minus sign."""
+    return rf"\ensuremath{{{100 * x:+.{digits}f}}}"
+
+
+def p_tex(p):
+    """'$p = 0.012$', '$p = 4.0\\times 10^{-101}$' or '$p < 10^{-300}$'; never rounds across 0.05."""
+    if p <= 0:
+        return r"$p < 10^{-300}$"
+    if p < 1e-3:
+        mantissa, exponent = f"{p:.1e}".split("e")
+        return rf"$p = {mantissa}\times 10^{{{int(exponent)}}}$"
+    for digits in range(2, 7):
+        text = f"{p:#.{digits}g}".rstrip(".")
+        if (float(text) < 0.05) == (p < 0.05):
+            return f"$p = {text}$"
+    return f"$p = {p!r}$"
+
+
+def seconds_text(s):
+    if s is None:
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def trend(new, old):
+    if new == old:
+        return f"stayed at {new}"
+    return f"{'fell' if new < old else 'rose'} from {old} to {new}"
+
+
+def setting_text(key, value):
+    if value is None:
+        return "all" if key.startswith("limit_") else "--"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "milestones":
+        return ", ".join(map(str, value)) if value else "none (constant lr)"
+    if key == "augment":
+        return {"crop-flip": "crop + flip", "none": "none"}.get(value, tex_escape(value))
+    if key == "arch":
+        return ARCH_NAMES.get(value, tex_escape(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return tex_escape(", ".join(map(str, value)))
+    return tex_escape(value)
+
+
+def dataset_name(name, num_classes=None):
+    base = Path(str(name)).name
+    if base == "synthetic":
+        return "synthetic shapes"
+    if re.search(r"\.(tar\.gz|tgz)$", base, re.I):  # an archive given by path: maybe generated
+        kind = {100: "CIFAR-100", 10: "CIFAR-10"}.get(num_classes, "CIFAR")
+        return f"{kind}-format archive {tex_escape(base)}"
+    for pattern, pretty in ((r"cifar-?100", "CIFAR-100"), (r"cifar-?10", "CIFAR-10")):
+        if re.fullmatch(pattern, base, re.I):
+            return pretty
+        if re.search(pattern, base, re.I):
+            return f"{pretty} (folder {tex_escape(base)})"
+    return f"folder dataset {tex_escape(base)}"
+
+
+def improvement_name(changed_values):
+    """'CutMix (p 0.5) + label smoothing 0.1' from comparison.json's changed_values."""
+    parts = []
+    for key, v in changed_values.items():
+        new = v["improved"]
+        if key == "cutmix_prob":
+            parts.append(f"CutMix (p {new:g})" if new else "no CutMix")
+        elif key == "label_smoothing":
+            parts.append(f"label smoothing {new:g}" if new else "no label smoothing")
+        elif key == "augment":
+            parts.append(f"{setting_text(key, new)} augmentation")
+        else:
+            parts.append(f"{tex_escape(SETTINGS.get(key, key))} {setting_text(key, new)}")
+    return " + ".join(parts) if parts else "an unchanged configuration"
+
+
+def changed_list(changed_values):
+    names = [tex_escape(SETTINGS.get(k, k)) for k in changed_values]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names) or "nothing"
+
+
+#### Prose that depends on the results: generated here, so it stays true whatever the numbers
+
+def at_threshold(cmp, threshold=0.9):
+    """(t, baseline count, improved count) of wrong predictions with confidence >= t: t = 0.9, or
+    where neither model has such errors, the highest threshold at which one of them has some."""
+    rows = {r["threshold"]: r for r in cmp["high_confidence_errors"]}
+    t = threshold if threshold in rows else max(rows)
+    if not (rows[t]["baseline"] or rows[t]["improved"]):
+        t = max((u for u, r in rows.items() if r["baseline"] or r["improved"]), default=t)
+    return t, rows[t]["baseline"], rows[t]["improved"]
+
+
+def accuracy_sentence(cmp):
+    d, (lo, hi) = cmp["accuracy_difference"], cmp["bootstrap_ci95"]
+    verb = "more accurate than" if d > 0 else "less accurate than" if d < 0 else "exactly as accurate as"
+    ci = ("entirely above zero" if lo > 0 else "entirely below zero" if hi < 0 else
+          "includes zero, so the data are also compatible with no difference")
+    return (f"The improved model is {verb} the baseline on the {cmp['n_test']} test images: "
+            rf"{pct(cmp['accuracy_improved'])}\,\% against {pct(cmp['accuracy_baseline'])}\,\% "
+            f"({signed(d)} points); the paired bootstrap 95\\,\\% interval of the difference, "
+            f"[{signed(lo)}, {signed(hi)}] points, is {ci}.")
+
+
+def significance_sentence(cmp):
+    p, c, w = cmp["mcnemar_p"], cmp["corrected"], cmp["worsened"]
+    verdict = (", below 0.05: a split this uneven is unlikely if the two models were equally "
+               "accurate on this test set" if p < 0.05 else
+               ", not below 0.05: this test set does not show that the two models differ")
+    return (f"Where exactly one of the two models is right, the improved model corrects {c} "
+            f"baseline errors and introduces {w} new ones; McNemar's exact test gives {p_tex(p)}{verdict}.")
+
+
+def high_confidence_sentence(cmp):
+    t, nb, ni = at_threshold(cmp)
+    errors_b, errors_i = cmp["corrected"] + cmp["both_wrong"], cmp["worsened"] + cmp["both_wrong"]
+    if errors_i == errors_b:
+        overall = f"with {errors_b} errors at any confidence for both"
+    else:
+        verb = "fell" if errors_i < errors_b else "rose"
+        same = (errors_i < errors_b) == (ni < nb) and ni != nb
+        overall = (f"and errors at any confidence also {verb}, from {errors_b} to {errors_i}" if same
+                   else f"while errors at any confidence {verb} from {errors_b} to {errors_i}")
+    s = (f"From the baseline to the improved model, wrong predictions made with a confidence of at "
+         f"least {t:g} {trend(ni, nb)} (of {cmp['n_test']} test images), {overall}")
+    conf = cmp.get("confidence") or {}
+    mb = (conf.get("baseline") or {}).get("correct", {}).get("mean")
+    mi = (conf.get("improved") or {}).get("correct", {}).get("mean")
+    if mb is not None and mi is not None:
+        means = f"{mi:.2f} against {mb:.2f}"
+        if ni < nb and mi < mb:
+            s += ("; part of the drop may be lower confidence across the board: the improved "
+                  f"model is also less confident on its correct predictions (mean {means})")
+        elif ni < nb:
+            s += ("; this is not a general loss of confidence: on its correct predictions the "
+                  f"improved model is at least as confident (mean {means})")
+        elif ni > nb and mi > mb:
+            s += ("; part of the rise may be higher confidence across the board: the improved "
+                  f"model is also more confident on its correct predictions (mean {means})")
+    return s + "."
+
+
+def calibration_sentence(cmp):
+    cal = cmp.get("calibration")
+    if not cal:
+        return ""
+    b, i = cal["baseline"], cal["improved"]
+    direction = "fell" if i["ece"] < b["ece"] else "rose" if i["ece"] > b["ece"] else "stayed the same"
+    return (f"Expected calibration error ({cal.get('n_bins', 15)} bins, top label) {direction}: "
+            f"{pct(b['ece'])}\\,\\% for the baseline, {pct(i['ece'])}\\,\\% for the improved model; the "
+            f"negative log-likelihood went from {b['nll']:.3f} to {i['nll']:.3f} and the Brier score from "
+            f"{b['brier']:.3f} to {i['brier']:.3f} (lower is better for all three).")
+
+
+def corruptions_sentence(cmp):
+    c = cmp.get("corruptions")
+    if not c:
+        return ""
+    mce = c["mean_corruption_error"]
+    direction = ("fell" if mce["improved"] < mce["baseline"] else "rose" if mce["improved"] > mce["baseline"]
+                 else "stayed the same")
+    sev = c.get("severities") or [0]
+    s = (f"Under {len(c['corruptions'])} synthetic corruptions at severities {min(sev)}--{max(sev)} "
+         f"({c['n']} test images), the mean corruption error {direction}: {pct(mce['baseline'])}\\,\\% for "
+         f"the baseline, {pct(mce['improved'])}\\,\\% for the improved model")
+
+    def names(ns):
+        return ", ".join(tex_escape(n.replace("_", " ")) for n in ns)
+    if c.get("helps_most"):
+        s += f"; the change helps most against {names(c['helps_most'])}"
+    if c.get("hurts_most"):
+        s += f" and hurts most against {names(c['hurts_most'])}" if c.get("helps_most") else \
+             f"; it hurts most against {names(c['hurts_most'])}"
+    return s + "."
+
+
+SHORT_CHECKPOINT = {"last": "final", "best": "best-on-test"}
+
+
+def checkpoint_name(name):
+    return {"last": "final (last epoch)", "best": "best-on-test"}.get(name, tex_escape(name))
+
+
+def checkpoint_sentence(met_b, met_i, cfg_b, cfg_i):
+    used = (met_b.get("checkpoint"), met_i.get("checkpoint"))
+    if used == ("last", "last"):
+        s = ("Both models are evaluated with their final weights (the last epoch); the epoch with "
+             "the best test accuracy is reported for reference only, since choosing it would peek at "
+             "the test set.")
+    elif used == ("best", "best"):
+        s = ("Both models are evaluated with their best-on-test checkpoint, the epoch with the highest "
+             "test accuracy: the epoch was chosen on the test set, so these accuracies are optimistic.")
+    else:
+        s = (f"The models are evaluated with different checkpoints (baseline: {checkpoint_name(used[0])}, "
+             f"improved: {checkpoint_name(used[1])}), so the comparison mixes final and best-on-test "
+             "weights.")
+    differ = [(who, c) for who, c in (("baseline", cfg_b), ("improved model", cfg_i))
+              if c.get("best_epoch") != c.get("epochs")]
+    if not differ:
+        return s + (" For both models the best test accuracy came at the final epoch, so the two "
+                    "checkpoints coincide.")
+    parts = [f"the {who}'s best-on-test accuracy ({pct(c['best_test_accuracy'])}\\,\\% at epoch "
+             f"{c['best_epoch']}) differs from its final one ({pct(c['final_test_accuracy'])}\\,\\%) by "
+             f"{signed(c['best_test_accuracy'] - c['final_test_accuracy'])} points" for who, c in differ]
+    return s + " The two checkpoints are not the same: " + " and ".join(parts) + "."
+
+
+def seeds_sentence(cfg_b, cfg_i, seeds=None):
+    if seeds and len(seeds["seeds"]) > 1:
+        def spread(key, unit=r"\,\%"):
+            st = seeds[key]
+            mean = signed(st["mean"]) if key == "difference" else pct(st["mean"])
+            return f"{mean}{unit} $\\pm$ {pct(st['std'])}"
+        n = len(seeds["seeds"])
+        return (f"Over {n} seeds ({', '.join(map(str, seeds['seeds']))}; make seeds) the baseline reaches "
+                f"{spread('baseline')} and the improved model {spread('improved')} (mean $\\pm$ sample "
+                f"standard deviation); the difference is {spread('difference', ' points')}, in favour of the "
+                f"improved model on {seeds['improved_better']} of {n} seeds. The rest of this report analyses "
+                f"the runs with seed {cfg_b.get('seed')}.")
+    seeds = ("the same seed, " + str(cfg_b.get("seed")) if cfg_b.get("seed") == cfg_i.get("seed")
+             else f"seeds {cfg_b.get('seed')} and {cfg_i.get('seed')}")
+    return (f"Each model was trained once ({seeds}), so these results do not show how much "
+            "either model varies between training runs; the bootstrap interval and McNemar's "
+            "test cover the sampling of test images only.")
+
+
+def ablation_sentence(rows):
+    """make ablation: each partial change on its own against the baseline (one seed)."""
+    if not rows:
+        return ""
+    parts = [f"{changed_list(r['changed'])} only: {pct(r['accuracy'])}\\,\\% ({signed(r['difference'])} "
+             f"points, McNemar {p_tex(r['mcnemar_p'])})" for r in rows[1:]]
+    return ("Ablation on the same seed (make ablation), each change alone against the baseline: "
+            + "; ".join(parts) + f"; all together: {pct(rows[0]['accuracy'])}\\,\\% "
+            f"({signed(rows[0]['difference'])} points).")
+
+
+def code_sentence(cfg_b, cfg_i):
+    cb, ci = (tex_escape(str(c.get("git_commit", "unknown"))[:12]) for c in (cfg_b, cfg_i))
+    dirty = any(str(c.get("git_commit", "")).endswith("-dirty") for c in (cfg_b, cfg_i))
+    note = " (with uncommitted changes)" if dirty else ""
+    if cfg_b.get("git_commit") == cfg_i.get("git_commit"):
+        return f"Both were trained from the same code version, commit \\texttt{{{cb}}}{note}."
+    return (f"They were trained from different code versions, commits \\texttt{{{cb}}} and "
+            f"\\texttt{{{ci}}}{note}: a change of code between the runs is not excluded.")
+
+
+def selection_sentence(failures):
+    sel, n = failures.get("selection") or {}, len(failures["cases"])
+    if sel.get("source") == "analyst":
+        s = f"An analyst chose the {n} cases (their test indices, given to failures.py)"
+    else:
+        s = (f"We select {n} distinct cases among the most confident errors "
+             f"(rule: {tex_escape(sel.get('rule', 'n/a'))})")
+    return s + (f"; {tex_escape(sel['note'])}." if sel.get("note") else ".")
+
+
+def changed_sentence(cmp):
+    vals = cmp["changed_values"]
+    listed = [f"{tex_escape(SETTINGS.get(k, k))} ({setting_text(k, v['baseline'])} $\\to$ "
+              f"{setting_text(k, v['improved'])})" for k, v in vals.items()]
+    if not listed:
+        return ("The two runs have identical training settings, so any difference between them "
+                "comes from nondeterminism in training, not from a change of method.")
+    if list(vals) == ["seed"]:
+        return (f"The two runs differ only in their seed, {listed[0]}: any difference between them is "
+                "variation between training runs, not the effect of a method.")
+    if len(listed) == 1:
+        return (f"The improved run changes exactly one setting, {listed[0]}; everything else, the "
+                "seed included, is the same, so on this one seed the difference is attributable to "
+                "that change.")
+    return (f"The improved run changes {len(listed)} settings together: {', '.join(listed[:-1])} and "
+            f"{listed[-1]}. This comparison does not separate their effects.")
+
+
+def per_class_sentence(cmp):
+    rows = [r for r in cmp["per_class"] if r["n"]]
+    up, down = sum(r["change"] > 0 for r in rows), sum(r["change"] < 0 for r in rows)
+
+    def named(rs):
+        return ", ".join(f"{tex_escape(r['name'])} ({signed(r['change'], 1)})" for r in rs[:3])
+    s = (f"Of the {len(rows)} classes, {up} gain accuracy, {down} lose and "
+         f"{len(rows) - up - down} are unchanged")
+    if cmp["top_gains"]:
+        s += f"; the largest gains (points) are {named(cmp['top_gains'])}"
+    if cmp["top_losses"]:
+        s += f"; the largest losses are {named(cmp['top_losses'])}"
+    return s + "."
+
+
+def cases_sentence(cmp):
+    cases = cmp.get("cases") or []
+    if not cases:
+        return ""
+    fixed = [c for c in cases if c["fixed"]]
+    which = ("none of them" if not fixed else f"all {len(cases)}" if len(fixed) == len(cases)
+             else f"{len(fixed)} of them")
+    s = f"Of the {len(cases)} baseline failure cases, the improved model classifies {which} correctly"
+    still = [c for c in cases if not c["fixed"]]
+    if still and fixed:
+        s += "; still wrong: " + ", ".join(
+            f"\\#{c['index']} ({tex_escape(c['true_name'])} $\\to$ {tex_escape(c['improved_pred_name'])})"
+            for c in still)
+    return s + "."
+
+
+def errors_sentence(failures):
+    sm = failures["summary"]
+    levels = ", ".join(f"{n} at confidence $\\geq$ {t}"
+                       for t, n in sorted(sm["errors_at_confidence"].items(), key=lambda kv: float(kv[0])))
+    s = f"The baseline misclassifies {sm['n_errors']} of {sm['n_test']} test images ({levels})"
+    if sm.get("confused_pairs"):
+        top = sm["confused_pairs"][0]
+        s += (f"; its most frequent confusion is {tex_escape(top['true_name'])} $\\to$ "
+              f"{tex_escape(top['pred_name'])} ({top['count']} images)")
+    s += "."
+    if sm.get("share_within_superclass") is not None:
+        s += (f" {pct(sm['share_within_superclass'], 1)}\\,\\% of its errors "
+              f"({sm['errors_within_superclass']}) "
+              "stay within the true class's superclass: fine-grained confusions between related classes.")
+    return s
+
+
+def gradcam_reference_sentence(failures):
+    ref = failures.get("gradcam_reference")
+    if not ref or not ref.get("n"):
+        return ""
+    s = (f"For reference, over {ref['n']} correctly classified test images of a fixed sample, "
+         f"{pct(ref['empty_share'], 0)}\\,\\% of the predicted-class maps are empty")
+    q = ref.get("centre_mass_quartiles")
+    if q:
+        s += f" and the middle half put {pct(q[0], 0)}--{pct(q[2], 0)}\\,\\% of their mass in the centre"
+    if ref.get("peak_in_box_rate") is not None:
+        s += f"; their peak lies on the object for {pct(ref['peak_in_box_rate'], 0)}\\,\\%"
+    return s + "."
+
+
+def training_curves_sentence(cfg):
+    mixed = [w for w, on in (("CutMix-ed batches", cfg.get("cutmix_prob")),
+                             ("smoothed labels", cfg.get("label_smoothing"))) if on]
+    if not mixed:
+        return ""
+    return (f"Its training loss and accuracy are measured on {' and '.join(mixed)}, so they are not "
+            "comparable with its test curves, which use plain images and labels.")
+
+
+def conclusion_sentence(cmp, name):
+    d = cmp["accuracy_difference"]
+    effect = "raised" if d > 0 else "lowered" if d < 0 else "did not change"
+    sig = "significant" if cmp["mcnemar_p"] < 0.05 else "not significant"
+    t, nb, ni = at_threshold(cmp)
+    hc = "reduced" if ni < nb else "increased" if ni > nb else "left unchanged"
+    return (f"In this study, {name} {effect} test accuracy from {pct(cmp['accuracy_baseline'])}\\,\\% to "
+            f"{pct(cmp['accuracy_improved'])}\\,\\% ({signed(d)} points, 95\\,\\% interval "
+            f"[{signed(cmp['bootstrap_ci95'][0])}, {signed(cmp['bootstrap_ci95'][1])}]; McNemar "
+            f"{p_tex(cmp['mcnemar_p'])}, {sig} at the 0.05 level) and {hc} the wrong predictions made "
+            f"with confidence $\\geq$ {t:g} ({nb} $\\to$ {ni}).")
+
+
+def limitation_sentences(data):
+    cmp, cfg_b, cfg_i = data["comparison"], data["base_config"], data["impr_config"]
+    used = {data["base_metrics"].get("checkpoint"), data["impr_metrics"].get("checkpoint")}
+    k, changed = len(cmp["changed_values"]), changed_list(cmp["changed_values"])
+    seeds = data.get("seeds")
+    out = {
+        "LimitSeeds": (f"{len(seeds['seeds'])} training runs per model; the figures, cases and tests "
+                       f"analyse seed {cfg_b.get('seed')} only." if seeds and len(seeds["seeds"]) > 1 else
+                       f"One training run per model (seed {cfg_b.get('seed')}"
+                       + ("" if cfg_b.get("seed") == cfg_i.get("seed") else f" and {cfg_i.get('seed')}")
+                       + "): the spread between training runs is not measured, and a difference "
+                         "no larger than that spread would be invisible here."),
+        "LimitCheckpoint": ("Final-epoch weights for both models: no choice was made on the test set."
+                            if used == {"last"}
+                            else "Best-on-test weights: the epoch was chosen on the test set, so the "
+                                 "accuracies are optimistic." if used == {"best"}
+                            else "The two models were evaluated with different checkpoints."),
+        "LimitChanged": (f"{changed[:1].upper()}{changed[1:]} were changed together; the ablation "
+                         "separates them on one seed." if k > 1 and data.get("ablation") else
+                         f"{changed[:1].upper()}{changed[1:]} were changed together, so this comparison "
+                         "cannot separate their effects." if k > 1 else
+                         f"Only {changed} changed." if k == 1 else
+                         "The two configurations are identical."),
+    }
+    if re.match(r"CIFAR-100( |$)", dataset_name(cfg_b["dataset"])):  # a figure for CIFAR-100's test set
+        out["LimitLabels"] = ("High-confidence errors may include mislabelled images: about 5.85\\,\\% of "
+                              "the CIFAR-100 test set (585 images) is mislabelled by the majority vote of "
+                              "human reviewers (Northcutt et al., 2021), so a confident failure case is "
+                              "worth checking by eye.")
+    else:
+        out["LimitLabels"] = ("High-confidence errors may include mislabelled or ambiguous test images; "
+                              "a confident failure case is worth checking by eye before the model is blamed.")
+    return out
+
+
+def prose(data):
+    cmp, failures = data["comparison"], data["failures"]
+    cfg_b, cfg_i = data["base_config"], data["impr_config"]
+    name = improvement_name(cmp["changed_values"])
+    return {
+        "ProseAccuracy": accuracy_sentence(cmp), "ProseSignificance": significance_sentence(cmp),
+        "ProseHighConf": high_confidence_sentence(cmp), "ProseCalibration": calibration_sentence(cmp),
+        "ProseCorruptions": corruptions_sentence(cmp),
+        "ProseCheckpoint": checkpoint_sentence(data["base_metrics"], data["impr_metrics"], cfg_b, cfg_i),
+        "ProseSeeds": seeds_sentence(cfg_b, cfg_i, data.get("seeds")), "ProseChanged": changed_sentence(cmp),
+        "ProseAblation": ablation_sentence(data.get("ablation")),
+        "AbstractSeeds": (f"Each model was trained with {len(data['seeds']['seeds'])} seeds; the analysis "
+                          f"below uses seed {cfg_b.get('seed')}." if data.get("seeds") and len(data["seeds"]["seeds"]) > 1
+                          else "Each model was trained once (1 seed)."),
+        "ProseCode": code_sentence(cfg_b, cfg_i), "ProseSelection": selection_sentence(failures),
+        "ProsePerClass": per_class_sentence(cmp), "ProseCases": cases_sentence(cmp),
+        "ProseErrors": errors_sentence(failures),
+        "ProseGradcamReference": gradcam_reference_sentence(failures),
+        "ProseImprCurves": training_curves_sentence(cfg_i), "ProseConclusion": conclusion_sentence(cmp, name),
+        **limitation_sentences(data),
+    }
