@@ -40,10 +40,12 @@ def seed_everything(seed, deterministic=False):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+    # cuDNN autotuning times the convolution algorithms once per input shape and keeps the
+    # fastest: the shapes here are fixed, but the choice may differ from run to run.
+    torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         # cuBLAS needs this workspace setting before its first deterministic call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True)
 
@@ -458,10 +460,24 @@ def channel_stats(images_u8):
 
 #### Device-resident loading and augmentation: no per-image Python, same code on CPU and GPU
 
+def norm_constants(mean, std, device):
+    """Per-channel mean and std in [0, 1] units -> (1, C, 1, 1) tensors in uint8 units on device.
+
+    Loaders make them once: copying a Python list to a GPU waits until the GPU has finished all
+    the work queued before it, so doing it per batch would stall every training step.
+    """
+    def scaled(values):
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).mul(255).to(device)
+    return scaled(mean), scaled(std)
+
+
 def normalize(images_u8, mean, std):
-    """uint8 (N, 3, H, W) on any device -> normalised float32, channels_last for faster convs."""
-    mean = torch.tensor(mean, device=images_u8.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(std, device=images_u8.device).view(1, -1, 1, 1) * 255
+    """uint8 (N, 3, H, W) on any device -> normalised float32, channels_last for faster convs.
+
+    mean, std: per-channel values in [0, 1] units, or the tensors of norm_constants().
+    """
+    if not torch.is_tensor(mean):
+        mean, std = norm_constants(mean, std, images_u8.device)
     x = (images_u8.float() - mean) / std
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -493,6 +509,7 @@ class DeviceLoader:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.norm = norm_constants(mean, std, device)
         self.train, self.augment, self.generator = train, augment, generator
 
     def __len__(self):
@@ -512,7 +529,7 @@ class DeviceLoader:
             if self.train and self.augment == "crop-flip":
                 x = crop_flip(x, offsets[start:start + self.batch_size],
                               flips[start:start + self.batch_size])
-            yield normalize(x, self.mean, self.std), self.labels[idx]
+            yield normalize(x, *self.norm), self.labels[idx]
 
 
 def cutmix(images, labels, alpha, generator=None):
@@ -533,7 +550,11 @@ def cutmix(images, labels, alpha, generator=None):
     cx = int(torch.randint(0, w, (1,), generator=generator, device=gen_device))
     y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
     x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
-    perm = torch.randperm(b, generator=generator, device=gen_device).to(images.device)
+    perm = torch.randperm(b, generator=generator, device=gen_device)
+    if perm.device != images.device:
+        # From pinned memory the copy is queued behind the GPU's work instead of waiting for it.
+        perm = perm.pin_memory() if images.is_cuda and not perm.is_cuda else perm
+        perm = perm.to(images.device, non_blocking=True)
     mixed = images.clone()
     mixed[:, :, y0:y1, x0:x1] = images[perm][:, :, y0:y1, x0:x1]
     lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (h * w)
