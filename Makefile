@@ -158,7 +158,7 @@ $(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/gradcam.npz faithfulness.py |
 	$(PY) faithfulness.py --run $(@D) --cases $(B)/failures.json --device $(DEVICE) $(FAITH_FLAGS)
 
 $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.npz compare.py \
-                        $(B)/corruptions.json $(S)/improved/corruptions.json | $(ENV)
+                        compare_figures.py $(B)/corruptions.json $(S)/improved/corruptions.json | $(ENV)
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --cases $(B)/failures.json \
 	  --out $(CMP) --device $(DEVICE)
 

@@ -148,39 +148,6 @@ def compare_grids(b, i):
             "hurts_most": [r["name"] for r in ranked if r["difference"] < 0][:3]}
 
 
-def plot_grids(cmp, b, i, names, colours, plt):
-    """Accuracy against severity (0 = clean), one small panel per corruption; returns the figure."""
-    cols = 6
-    nrows = -(-len(cmp["corruptions"]) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(7, 1.15 * nrows + 0.45), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")
-    sev = [0] + cmp["severities"]
-    for ax, row in zip(axes.flat, cmp["per_corruption"]):
-        for g, name, colour in ((b, names[0], colours[0]), (i, names[1], colours[1])):
-            ax.plot(sev, [100 * a for a in [g["clean_accuracy"]] + g["accuracy"][row["name"]]], "o-",
-                    color=colour, ms=2, lw=1, label=name)
-        label = row["name"].replace("_transform", "").replace("_compression", "").replace("_", " ")
-        ax.set_title(f"{label} ({100 * row['difference']:+.1f})", fontsize=7, pad=2)
-        ax.set_xticks(sev)
-        ax.grid(alpha=0.3, lw=0.4)
-    spare = axes.flat[len(cmp["per_corruption"]):]
-    for ax in spare:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy (%)")
-    for ax in axes[-1]:
-        ax.set_xlabel("severity")
-        ax.xaxis.set_tick_params(labelbottom=True)
-    handles = axes.flat[0].get_legend_handles_labels()
-    if len(spare):
-        spare[0].legend(*handles, loc="center", frameon=False)
-    else:
-        fig.legend(*handles, loc="outside lower center", ncol=2, frameon=False)
-    fig.suptitle("Accuracy under corruption (severity 0 = clean; in brackets: mean change over the "
-                 "severities, improved - baseline, points)", fontsize=7.5)
-    return fig
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)

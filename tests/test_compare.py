@@ -11,6 +11,7 @@ import torch
 
 import common
 import compare
+import compare_figures
 import evaluate
 import train
 
@@ -322,8 +323,8 @@ def test_end_to_end_with_gradcam(trained, monkeypatch):
     pred = np.load(root / "base" / "predictions.npz")
     labels, right = pred["labels"], pred["probs"].argmax(1) == pred["labels"]
     rows = [*np.flatnonzero(~right)[:2], np.flatnonzero(right)[0]]
-    titles, save = {}, compare._save
-    monkeypatch.setattr(compare, "_save", lambda fig, out, stem, plt: (
+    titles, save = {}, compare_figures.save
+    monkeypatch.setattr(compare_figures, "save", lambda fig, out, stem, plt: (
         titles.__setitem__(stem, fig.get_suptitle()), save(fig, out, stem, plt)))
     result = compare.main(["--baseline", str(root / "base"), "--improved", str(root / "impr"), "--cases",
                            str(write_cases(root / "base", rows, root / "failures.json")),

@@ -215,6 +215,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     import torch
 
     import compare
+    import compare_figures
     import failures
     import gradcam
     rng = np.random.default_rng(seed)
@@ -271,8 +272,8 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     rechecked = compare.recheck_cases(base / "failures.json", b, i, CLASSES)
     cam = {(key, t): maps.roll(3 * j, 2) for j, (key, t) in
            enumerate((s, t) for s in ("baseline", "improved") for t in ("pred", "true"))}
-    with plt.rc_context(compare.STYLE):
-        compare.plot_gradcam(rechecked, images, cam, "layer4", ("baseline", "improved"), study / "compare",
+    with plt.rc_context(compare_figures.STYLE):
+        compare_figures.plot_gradcam(rechecked, images, cam, "layer4", ("baseline", "improved"), study / "compare",
                              plt)
     path = study / "compare" / "comparison.json"
     cmp = json.loads(path.read_text())
