@@ -551,10 +551,10 @@ def cutmix(images, labels, alpha, generator=None):
     y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
     x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
     perm = torch.randperm(b, generator=generator, device=gen_device)
-    if perm.device != images.device:
+    if images.is_cuda and not perm.is_cuda:
         # From pinned memory the copy is queued behind the GPU's work instead of waiting for it.
-        perm = perm.pin_memory() if images.is_cuda and not perm.is_cuda else perm
-        perm = perm.to(images.device, non_blocking=True)
+        perm = perm.pin_memory().to(images.device, non_blocking=True)
+    perm = perm.to(images.device)  # any other pair of devices: an ordinary, waiting copy
     mixed = images.clone()
     mixed[:, :, y0:y1, x0:x1] = images[perm][:, :, y0:y1, x0:x1]
     lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (h * w)

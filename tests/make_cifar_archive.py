@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import ARCHIVES, SHAPES, UserError, atomic_write, cli_guard, draw_objects  # noqa: E402
 
 HUES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "magenta")
@@ -115,7 +116,12 @@ def run(args):
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; use --overwrite to replace it")
-    write_archive(out, args.kind, args.n_train, args.n_test, args.seed, args.pixels)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give the path of the .tar.gz to write")
+    try:
+        write_archive(out, args.kind, args.n_train, args.n_test, args.seed, args.pixels)
+    except OSError as e:
+        raise UserError(f"could not write {out}: {e.strerror or e}") from None
     print(f"wrote {out}: {args.kind}, {args.n_train} train + {args.n_test} test images "
           f"({args.pixels}), {out.stat().st_size / 1e6:.1f} MB")
 

@@ -126,6 +126,8 @@ def test_archive_generator_refuses_to_overwrite(tmp_path, capsys):
     assert len(ds.train_y) == 20 and ds.classes == list(common.SHAPES)
     with pytest.raises(SystemExit):
         make_cifar_archive.main([str(tmp_path / "y.tar.gz"), "--n-train", "0"])
+    with pytest.raises(SystemExit, match="is a folder"):
+        make_cifar_archive.main([str(tmp_path), "--overwrite"])
 
 
 def test_limits_take_a_fixed_subset_that_keeps_original_indices(tmp_path, trusted_archive):
