@@ -35,8 +35,8 @@ def build_parser():
     a = p.add_argument
     # Defaults are the reference notebook's baseline protocol (see ../shared/FACTS.md).
     a("--arch", default="resnet18", choices=ARCHS)
-    a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, or a folder with "
-      "train/<class>/ and test/<class>/ images")
+    a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, a folder with "
+      "train/<class>/ and test/<class>/ images, or the path of an official-format .tar.gz")
     a("--epochs", type=int, default=50)
     a("--batch-size", type=int, default=128)
     a("--optimizer", default="sgd", choices=("sgd", "adam"))
