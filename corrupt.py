@@ -6,12 +6,14 @@ images' device, deterministic for a seed. corruptions.py runs them as a grid ove
 
 The severity constants are those of Hendrycks & Dietterich (2019), make_cifar_c.py in
 github.com/hendrycks/robustness (ImageNet-C/create_c); the code is written anew. The deterministic
-ones match NumPy/SciPy/OpenCV/PIL versions of the published functions within 0.01 of a level before
-rounding (tests/test_corruptions.py). Differences:
+ones, and spatter given the same normal draws, match NumPy/SciPy/OpenCV/PIL versions of the
+published functions within 0.01 of a level before rounding (tests/test_corruptions.py). Differences:
   all       torch random generators (not NumPy's): the noise differs draw by draw, not in law;
             outputs are rounded to uint8 where np.uint8() truncated (0.5/255 darker on average there).
   frost     left out: it blends crops of six frost photographs that are not in this repository.
-  spatter   left out (an extra validation corruption, like speckle_noise, gaussian_blur, saturate).
+  spatter   the published water shading (Canny edges, distance transform, histogram equalisation)
+            runs per image with OpenCV on the CPU; a layer without drops gets no water, where the
+            published code divides 0 by 0 (never seen in tests).
   motion_blur, snow  ImageMagick's MotionBlurImage re-implemented: a one-sided line of 2*radius+1
             taps with Gaussian weights at the random angle, edge pixels repeated; within 1 level of
             ImageMagick 6.9.11's -motion-blur (which truncates). Severities 3 and 4 differ only in
@@ -296,6 +298,46 @@ def pixelate(x, c, g):
     return v / 255
 
 
+def spatter(x, c, g):
+    """Water drops (severities 1-3) or mud (4-5), shaped by a smoothed Gaussian noise field."""
+    loc, scale = c[:2]
+    n, _, h, w = x.shape
+    return _spatter(x, loc + scale * torch.randn(n, 1, h, w, generator=g, device=x.device), c)
+
+
+WATER, MUD = (175, 238, 238), (63, 42, 20)  # pale turquoise and brown, RGB levels as published
+DROP_KERNEL = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float32)  # lights one side
+
+
+def _drop_shading(level):
+    """The published water shading of one (H, W) uint8 liquid layer, with OpenCV on the CPU:
+    bright a few pixels inside the drops' edges, lit from one side."""
+    import cv2
+    dist = cv2.distanceTransform(255 - cv2.Canny(level, 50, 150), cv2.DIST_L2, 5)
+    dist = cv2.blur(np.minimum(dist, 20), (3, 3)).astype(np.uint8)  # astype truncates, as published
+    dist = cv2.filter2D(cv2.equalizeHist(dist), cv2.CV_8U, DROP_KERNEL)
+    return cv2.blur(dist, (3, 3)).astype(np.float32)
+
+
+def _spatter(x, liquid, c):
+    """spatter() for a given noise field (N, 1, H, W), so a test can give the published code the same."""
+    _, _, sigma, threshold, strength, mud = c
+    liquid = _gaussian(liquid, sigma)
+    liquid = torch.where(liquid < threshold, 0, liquid)
+    if mud:
+        m = _gaussian((liquid > threshold).to(x.dtype), strength)
+        m = torch.where(m < 0.8, 0, m)
+        return x * (1 - m) + torch.tensor(MUD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255 * m
+    # The published uint8 layer: astype truncates, and wraps a level above 255 round to 0 on x86
+    # (about 1 image in 4 at severity 3, whose layer reaches past 1).
+    level = (liquid * 255).floor().remainder(256)
+    shading = np.stack([_drop_shading(im) for im in level[:, 0].to(torch.uint8).cpu().numpy()])
+    m = level * torch.from_numpy(shading).to(x)[:, None]
+    # A layer without drops has m = 0 everywhere: no water, where the published code divides 0 by 0.
+    m = m / m.amax((2, 3), keepdim=True).clamp_min(1e-12) * strength
+    return x + m * torch.tensor(WATER, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
+
+
 def jpeg_compression(x, c, g):
     """PIL's JPEG at quality c, per image on the CPU, exactly as published."""
     from PIL import Image
@@ -328,6 +370,9 @@ CORRUPTIONS = {
     "jpeg_compression": (jpeg_compression, [80, 65, 58, 50, 40]),  # *
     "speckle_noise": (speckle_noise, [0.06, 0.1, 0.12, 0.16, 0.2]),
     "gaussian_blur": (gaussian_blur, [0.4, 0.6, 0.7, 0.8, 1.0]),
+    "spatter": (spatter, [(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+                          (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+                          (0.65, 0.1, 0.5, 0.68, 0.6, 1)]),
     "saturate": (saturate, [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)]),
 }
 NAMES = tuple(CORRUPTIONS)

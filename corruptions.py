@@ -92,8 +92,9 @@ def run_grid(args):
               "torch_version": torch.__version__}
     save_json(result, run / "corruptions.json")
     print(f"{run / 'corruptions.json'}: clean accuracy {100 * clean:.2f}%, mean corruption error "
-          f"{100 * result['mean_corruption_error']:.2f}% over {len(names)} corruptions x "
-          f"{len(severities)} severities, {result['seconds']:.0f} s")
+          f"{100 * result['mean_corruption_error']:.2f}% over {len(names)} "
+          f"corruption{'s' * (len(names) > 1)} x {len(severities)} "
+          f"severit{'ies' if len(severities) > 1 else 'y'}, {result['seconds']:.0f} s")
     return result
 
 

@@ -14,17 +14,19 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, zoom
 
 import common
+import corrupt as corrupt_module
 import corruptions
 import evaluate
 import train
 from corrupt import CORRUPTIONS, NAMES, corrupt
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
-          "snow", "fog", "elastic_transform"}
+          "snow", "fog", "elastic_transform", "spatter"}
 # The published constants themselves are not ordered by distortion for these (corrupt.py's docstring):
 # glass_blur's blur grows while its pixel moves do not, elastic_transform's affine shift shrinks from
-# severity 1 to 5 and its smoothed displacement is under a pixel, saturate goes x0.3, x0.1, x1.5, ...
-NOT_MONOTONE = {"glass_blur", "elastic_transform", "saturate"}
+# severity 1 to 5 and its smoothed displacement is under a pixel, saturate goes x0.3, x0.1, x1.5, ...,
+# spatter is water at severities 1-3 and mud, a different corruption, at 4 and 5.
+NOT_MONOTONE = {"glass_blur", "elastic_transform", "saturate", "spatter"}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,39 @@ def test_matches_the_published_function(batch, name):
         ref = np.stack([np.clip(REFERENCE[name](im, constants[s - 1]), 0, 1)
                         for im in x.permute(0, 2, 3, 1).double().numpy()])
         assert np.abs(ours - ref).max() * 255 < 0.01, (name, s)
+
+
+def _published_spatter(x, noise, c):
+    """The published spatter of one image (H, W, 3) given its normal draws `noise` (H, W)."""
+    liquid = gaussian_filter(noise, c[2], mode="nearest", truncate=4.0)
+    liquid[liquid < c[3]] = 0
+    if c[5] == 0:
+        # astype(np.uint8) as published; written out, since a level above 255 wraps on x86 only.
+        liquid = (np.floor(liquid * 255) % 256).astype(np.uint8)
+        dist = cv2.distanceTransform(255 - cv2.Canny(liquid, 50, 150), cv2.DIST_L2, 5)
+        _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+        dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+        dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+        m = liquid * cv2.blur(dist, (3, 3)).astype(np.float32)
+        return x + (m / m.max() * c[4])[..., None] * np.array([175, 238, 238]) / 255
+    m = gaussian_filter((liquid > c[3]).astype(np.float32), c[4], mode="nearest", truncate=4.0)
+    m[m < 0.8] = 0
+    return x * (1 - m[..., None]) + np.array([63, 42, 20]) / 255 * m[..., None]
+
+
+def test_spatter_matches_the_published_function_for_the_same_draws():
+    x = common.make_synthetic(n_train=1, n_test=64).test_x.double() / 255
+    g = torch.Generator().manual_seed(0)
+    for c in CORRUPTIONS["spatter"][1]:
+        noise = c[0] + c[1] * torch.randn(len(x), 1, 32, 32, generator=g, dtype=torch.float64)
+        ours = corrupt_module._spatter(x, noise, c).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        ref = np.stack([np.clip(_published_spatter(im, nz[0], c), 0, 1)
+                        for im, nz in zip(x.permute(0, 2, 3, 1).numpy(), noise.numpy())])
+        assert np.abs(ours - ref).max() * 255 < 0.01, c
+        assert np.abs(ours - x.permute(0, 2, 3, 1).numpy()).max() > 0.1, c  # it did spatter
+    # A layer without drops leaves the image as it is (the published code would divide 0 by 0).
+    water = CORRUPTIONS["spatter"][1][0]
+    assert torch.equal(corrupt_module._spatter(x, torch.zeros(len(x), 1, 32, 32, dtype=x.dtype), water), x)
 
 
 #### Bad input
