@@ -242,14 +242,15 @@ def _fetch_archive(name, data_dir, download):
 
 def _archive_kind(path):
     """cifar10 or cifar100, from the folder inside an official-format archive (its name may be any)."""
+    folders = {entry[2]: kind for kind, entry in ARCHIVES.items()}
     try:
         with tarfile.open(path, "r:gz") as tar:
-            top = {m.name.split("/")[0] for m in tar.getmembers()}
+            for member in tar:  # stops at the first match, so the archive is not decompressed twice
+                kind = folders.get(member.name.split("/")[0])
+                if kind:
+                    return kind
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable .tar.gz archive ({e})") from None
-    for kind, entry in ARCHIVES.items():
-        if entry[2] in top:
-            return kind
     raise UserError(f"{path} holds neither cifar-10-batches-py/ nor cifar-100-python/, so it is "
                     "not in the official CIFAR python format")
 
@@ -508,7 +509,7 @@ class DeviceLoader:
                  augment="none", generator=None):
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.batch_size = batch_size
         self.norm = norm_constants(mean, std, device)
         self.train, self.augment, self.generator = train, augment, generator
 
