@@ -22,9 +22,9 @@ published functions within 0.01 of a level before rounding (tests/test_corruptio
   fog       the same diamond-square plasma fractal, batched.
   elastic_transform  cv2.warpAffine and scipy map_coordinates as grid_sample with the same borders.
   jpeg_compression   as published (PIL), per image on the CPU, whatever the images' device.
-Not ordered by distortion in the published constants: saturate (x0.3, x0.1, x1.5, ...), glass_blur
-and elastic_transform (its affine shift shrinks from severity 1 to 5; the smoothed displacement
-that grows stays under a pixel).
+Not ordered by distortion in the published constants: saturate (x0.3, x0.1, x1.5, ...), glass_blur,
+elastic_transform (its affine shift shrinks from severity 1 to 5; the smoothed displacement that
+grows stays under a pixel) and spatter (water at severities 1-3, mud at 4 and 5).
 """
 
 import math
