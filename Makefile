@@ -19,13 +19,17 @@ RUNS_DIR ?= runs
 DEVICE ?= auto
 CHECKPOINT ?= last
 EXTRA_FLAGS ?=
-# Which study: the main one, the second variant, or the synthetic smoke run.
+# Which study: the main one, the second variant, or the synthetic smoke run. A study is a recipe
+# (models and the improvement) with a default dataset; DATASET runs the recipe on other data.
 STUDY ?= resnet18-cifar100
 
 ifeq ($(STUDY),resnet18-cifar100)
   DATASET ?= cifar100
   EPOCHS ?= 50
-  TRAIN_FLAGS := --arch resnet18 --dataset $(DATASET) --epochs $(EPOCHS)
+  # A shorter schedule scales the lr milestones with it, e.g. EPOCHS=10 MILESTONES="5 8".
+  MILESTONES ?=
+  TRAIN_FLAGS := --arch resnet18 --dataset $(DATASET) --epochs $(EPOCHS) \
+                 $(if $(MILESTONES),--milestones $(MILESTONES))
   BASELINE_FLAGS ?=
   IMPROVED_FLAGS ?= --cutmix-prob 0.5 --label-smoothing 0.1
   NUM_CASES ?= 5
@@ -72,7 +76,10 @@ ifneq ($(filter ablation,$(MAKECMDGOALS)),)
   endif
 endif
 
-S := $(RUNS_DIR)/$(STUDY)
+# The study's folder is named for its recipe and its data: runs/resnet18-cifar100 by default,
+# runs/resnet18-cifar10-jpeg for the same recipe with DATASET=data/cifar10-jpeg.
+DATA_NAME := $(notdir $(patsubst %/,%,$(patsubst %.tar.gz,%,$(DATASET))))
+S := $(RUNS_DIR)/$(if $(filter smoke,$(STUDY)),smoke,$(firstword $(subst -, ,$(STUDY)))-$(DATA_NAME))
 # A run folder's name says what it trains: <role> or seed<N>/<role>.
 role_flags = $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(if $(filter improved,$(1)),$(IMPROVED_FLAGS),$(ABLATION_FLAGS_$(1))))
 seed_of = $(patsubst seed%,%,$(filter seed%,$(subst /, ,$(1))))
@@ -102,7 +109,7 @@ help:
 	@echo "make ablation             CutMix only and label smoothing only, beside baseline and both"
 	@echo "make bench                training throughput: reference pipeline vs this one"
 	@echo "make clean                remove the smoke run and caches; clean-all also removes runs/"
-	@echo "variables: STUDY DATA_DIR RUNS_DIR DEVICE EPOCHS DATASET CHECKPOINT EXTRA_FLAGS PY"
+	@echo "variables: STUDY DATA_DIR RUNS_DIR DEVICE EPOCHS MILESTONES DATASET CHECKPOINT EXTRA_FLAGS PY"
 	@echo "           HYPOTHESES CORRUPT_FLAGS FAITH_FLAGS SEEDS"
 
 env: $(ENV)
@@ -122,7 +129,7 @@ study: $(PDF) $(SUPP)
 # Everything but the PDFs, for a GPU machine without LaTeX: make report later where LaTeX is.
 analysis: $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
 report: $(PDF) $(SUPP)
-ifeq ($(STUDY),resnet18-cifar100)
+ifeq ($(S),$(RUNS_DIR)/resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
 endif
 

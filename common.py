@@ -3,10 +3,12 @@
 Importing this module does nothing: no downloads, no device queries, no global state.
     from common import build_model, load_dataset, DeviceLoader, cutmix
 """
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import platform
 import random
 import subprocess
 import tarfile
@@ -62,6 +64,39 @@ def resolve_device(name):
         # made x86 CPUs 2.5x slower per step (docs/RESULTS.md). Values this small change nothing.
         torch.set_flush_denormal(True)
     return torch.device(name)
+
+
+def cpu_has_native_bf16():
+    """True where the CPU multiplies bf16 in hardware: AVX512-BF16 or AMX on x86, BF16 on Arm.
+    Elsewhere autocast to bf16 still runs, but emulated, and is slower than float32."""
+    # torch.cpu's probes are private (underscored) but have been there since torch 2.1.
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        if getattr(torch.cpu, name, lambda: False)():
+            return True
+    if platform.machine() in ("aarch64", "arm64"):
+        try:
+            return " bf16" in Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return False
+
+
+def autocast_mode(device, amp):
+    """(use bf16 autocast?, note or None) for --amp on `device`: CUDA, or a CPU with native bf16.
+    Autocast keeps the loss, BatchNorm statistics, weights and optimizer state in float32."""
+    if not amp:
+        return False, None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return True, None
+    return False, (f"note: --amp needs CUDA or a CPU with native bf16 (AVX512-BF16, AMX or Arm "
+                   f"BF16), which {device_name(device)} lacks; training in float32")
+
+
+def autocast(device, enabled):
+    """The bf16 autocast context for `device`, or a no-op when not enabled."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def device_name(device):
@@ -539,6 +574,13 @@ def cutmix(images, labels, alpha, generator=None):
     Returns (mixed, labels_a, labels_b, lam) with lam = 1 - box_area / (H * W) recomputed from
     the clipped box, as a float. The inputs are not modified; the loss is
     lam * CE(out, labels_a) + (1 - lam) * CE(out, labels_b).
+
+    For the same lam and centre, box and lam equal torchvision.transforms.v2.CutMix's, and the
+    loss equals CE on its soft one-hot targets (tests/test_common.py). It differs in: pairing
+    (a random permutation here, which may pair an image with itself; torchvision pairs image i
+    with i - 1 of the batch as given); probability (train.py applies this to a batch with
+    probability --cutmix-prob; the transform always mixes); randomness (the seeded `generator`
+    here, torch's global RNG there, drawn in another order and lam in float32).
     """
     b, _, h, w = images.shape
     gen_device = generator.device if generator is not None else torch.device("cpu")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DeviceLoader, atomic_write, cli_guard, dataset_from_config, load_run,
-                    resolve_device, save_json)
+from common import (DeviceLoader, atomic_write, autocast, cli_guard, dataset_from_config,
+                    load_run, resolve_device, save_json)
 
 
 def build_parser():
@@ -30,13 +30,15 @@ def build_parser():
 
 
 @torch.no_grad()
-def predict(model, images_u8, mean, std, batch_size=1024):
-    """Logits (N, C) as float32 on the CPU, computed in batches on the model's device."""
+def predict(model, images_u8, mean, std, batch_size=1024, amp=False):
+    """Logits (N, C) as float32 on the CPU, computed in batches on the model's device; amp=True
+    runs the forward passes under bf16 autocast (only where common.autocast_mode allows it)."""
     device = next(model.parameters()).device
     loader = DeviceLoader(images_u8, torch.zeros(len(images_u8), dtype=torch.long), batch_size,
                           mean, std, device)
-    # One copy to the CPU at the end: a copy per batch would make the host wait for each batch.
-    return torch.cat([model(x).float() for x, _ in loader]).cpu()
+    with autocast(device, amp):
+        # One copy to the CPU at the end: a copy per batch would make the host wait for each batch.
+        return torch.cat([model(x).float() for x, _ in loader]).cpu()
 
 
 def classification_metrics(logits, labels, num_classes):

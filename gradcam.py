@@ -1,4 +1,5 @@
-"""Grad-CAM written by hand (hooks on one layer) and the evidence it gives for each failure case.
+"""Grad-CAM written by hand (a forward and a backward hook on one layer) and the evidence it gives
+for each failure case.
 
     python gradcam.py --run runs/baseline                      # cases from runs/baseline/failures.json
     python gradcam.py --run runs/baseline --layer layer3       # finer 8x8 maps for ResNet-18
@@ -44,7 +45,7 @@ def grad_cam(model, target_layer, images, targets=None, scaled=True):
             raise ValueError(f"got {len(targets)} targets for {len(images)} images")
     store = {}
 
-    def hook(module, inputs, output):
+    def keep_activation(module, inputs, output):
         if "act" in store:
             raise ValueError("the target layer runs more than once per forward pass (a shared "
                              "module such as a ResNet block's relu); choose another layer")
@@ -52,13 +53,14 @@ def grad_cam(model, target_layer, images, targets=None, scaled=True):
             raise ValueError("the target layer must output a (N, C, h, w) feature map")
         # Autograd starts here: the layers before it build no graph, and the backward pass
         # covers only what follows. Returning a copy lets later in-place ops (ReLU) modify it
-        # without touching the leaf whose gradient we read.
+        # without touching the leaf whose gradient the backward hook reads.
         store["act"] = output.detach().requires_grad_(True)
+        store["act"].register_hook(lambda grad: store.__setitem__("grad", grad))
         return store["act"].clone()
 
     modes = [(m, m.training) for m in model.modules()]
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    handle = target_layer.register_forward_hook(hook)
+    handle = target_layer.register_forward_hook(keep_activation)
     try:
         model.eval()
         for p, _ in grad_flags:
@@ -75,7 +77,9 @@ def grad_cam(model, target_layer, images, targets=None, scaled=True):
             # holds each image's own gradient.
             score = logits.gather(1, targets[:, None]).sum()
             act = store["act"]  # (N, K, h, w)
-            grad, = torch.autograd.grad(score, act)
+            # inputs=[act]: nothing but the activation's gradient is computed or accumulated.
+            torch.autograd.backward(score, inputs=[act])
+            grad = store["grad"]
     finally:
         handle.remove()
         for p, flag in grad_flags:
@@ -93,6 +97,18 @@ def scale_per_image(cam):
     """(N, H, W) non-negative maps divided by their maxima; an all-zero map stays zero."""
     peak = cam.amax((1, 2), keepdim=True)
     return torch.where(peak > 0, cam / peak.clamp(min=torch.finfo(cam.dtype).tiny), cam)
+
+
+@torch.no_grad()
+def layer_map_size(model, layer, x):
+    """[h, w] of the layer's feature map for inputs like x: how coarse its Grad-CAM maps are."""
+    size = []
+    handle = layer.register_forward_hook(lambda m, i, out: size.extend(out.shape[-2:]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return [int(v) for v in size[:2]]
 
 
 def find_layer(model, name, arch):
@@ -319,7 +335,9 @@ def explain(args):
             case["hypothesis"] = compose_hypothesis(case)
     cm = ref.pop("centre_mass")
     quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
-    failures["gradcam_reference"] = dict(layer=layer_name, **ref, centre_mass_quartiles=quartiles)
+    failures["gradcam_reference"] = dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
+                                         image_size=list(x.shape[-2:]), **ref,
+                                         centre_mass_quartiles=quartiles)
 
     # The evidence first: make treats gradcam.npz, written after it, as up to date.
     save_json(failures, cases_path)

@@ -10,6 +10,7 @@ report/report.tex) and build/ (latexmk's output, with the .fls recorder file); t
 build/report.pdf to --out. The same inputs give the same PDF bytes (SOURCE_DATE_EPOCH).
 """
 import argparse
+import csv
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ INPUTS = {
     "base_metrics": ("baseline/metrics.json", "evaluate.py"),
     "impr_config": ("improved/config.json", "train.py"), "impr_curves": ("improved/curves.png", "train.py"),
     "impr_metrics": ("improved/metrics.json", "evaluate.py"),
+    "base_history": ("baseline/history.csv", "train.py"),
     "failures": ("baseline/failures.json", "failures.py"),
     "failures_png": ("baseline/failures.png", "failures.py"),
     "gradcam_png": ("baseline/gradcam.png", "gradcam.py"),
@@ -63,6 +65,16 @@ def load_extras(study, paths):
     return extras
 
 
+def read_history(path):
+    """train.py's history.csv as a list of per-epoch dicts of numbers."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        raise UserError(f"{path} cannot be read as train.py's history ({e}); retrain or restore it") from None
+
+
 def load_study(study):
     """Paths of every input and the JSON files' contents; a missing file names its producer."""
     study = Path(study)
@@ -79,6 +91,7 @@ def load_study(study):
             raise missing(path, INPUTS[key][1])
     data = {key: read_json(path, Path(INPUTS[key][0]).stem.replace("_", " "))
             for key, path in paths.items() if path.suffix == ".json"}
+    data["base_history"] = read_history(paths["base_history"])
     cmp = data["comparison"]
     for stem in cmp.get("figures", []):
         if stem in OPTIONAL_FIGURES:

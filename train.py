@@ -9,7 +9,6 @@ The second variant (CIFAR-10, SimpleCNN, Adam), on the folder copy of CIFAR-10:
         --optimizer adam --augment none --epochs 30 --milestones
 """
 import argparse
-import contextlib
 import csv
 import io
 import platform
@@ -22,9 +21,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DeviceLoader, UserError, build_model, channel_stats, cli_guard, cutmix,
-                    device_name, git_commit, load_checkpoint, load_dataset, resolve_device,
-                    save_checkpoint, save_figure, save_json, seed_everything, atomic_write)
+from common import (ARCHS, DeviceLoader, UserError, atomic_write, autocast, autocast_mode,
+                    build_model, channel_stats, cli_guard, cutmix, device_name, git_commit,
+                    load_checkpoint, load_dataset, resolve_device, save_checkpoint, save_figure,
+                    save_json, seed_everything)
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -56,7 +56,7 @@ def build_parser():
     a("--data-dir", default="data", help="where archives live and decoded folders are cached")
     a("--no-download", action="store_true", help="fail instead of downloading a missing archive")
     a("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    a("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    a("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     a("--resume", action="store_true", help="continue runs/<name>/last.pt with its saved config")
@@ -100,13 +100,13 @@ def make_optimizer(model, cfg):
 
 
 @torch.no_grad()
-def evaluate_loader(model, loader, criterion, autocast):
+def evaluate_loader(model, loader, criterion, amp_context):
     """Mean loss and accuracy, accumulated on the device with one host sync at the end."""
     model.eval()
     dev = loader.images.device
     loss_sum, correct = torch.zeros((), device=dev), torch.zeros((), device=dev)
     for x, y in loader:
-        with autocast():
+        with amp_context():
             out = model(x)
         loss_sum += criterion(out.float(), y) * len(y)
         correct += (out.argmax(1) == y).sum()
@@ -202,13 +202,14 @@ def train(args):
     test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"],
                                cfg["std"], device)
     step_model = torch.compile(model) if cfg["compile"] else model
-    if cfg["amp"] and device.type != "cuda":
-        print("note: --amp applies to CUDA only; training in float32")
+    use_amp, note = autocast_mode(device, cfg["amp"])
+    if note:
+        print(note)
+    # What the run really computed in, whatever was asked (a resume may move to another device).
+    cfg["precision"] = "bf16 autocast" if use_amp else "float32"
 
-    def autocast():
-        if cfg["amp"] and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def amp_context():
+        return autocast(device, use_amp)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     plain_ce = nn.CrossEntropyLoss()
@@ -226,7 +227,7 @@ def train(args):
                    disable=None, file=sys.stdout)
         for step, (x, y) in enumerate(bar):
             mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=data_gen).item() < cfg["cutmix_prob"]
-            with autocast():
+            with amp_context():
                 if mixed:
                     x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], data_gen)
                     out = step_model(x)
@@ -259,7 +260,7 @@ def train(args):
                                 acc=f"{100 * correct.item() / seen:.1f}%", img_s=f"{rate:.0f}")
         train_seconds = time.perf_counter() - t0
         train_elapsed += train_seconds
-        test_loss, test_acc = evaluate_loader(model, test_loader, plain_ce, autocast)
+        test_loss, test_acc = evaluate_loader(model, test_loader, plain_ce, amp_context)
         seconds = time.perf_counter() - t0
         elapsed += seconds
         row = dict(epoch=epoch + 1, train_loss=round(loss_sum.item() / seen, 6),

@@ -117,6 +117,75 @@ def test_cutmix_lambda_follows_the_authors_distribution(alpha):
         assert abs(np.quantile(lams, q) - np.quantile(expected, q)) < 0.05
 
 
+class _FixedBeta:
+    """Stands in for both Beta samplers: NumPy's Generator.beta and torch's Beta.sample."""
+    def __init__(self, lam):
+        self.lam = lam
+
+    def beta(self, a, b):
+        return self.lam
+
+    def sample(self, shape=()):
+        return torch.tensor([self.lam], dtype=torch.float64)
+
+
+def _fix_draws(monkeypatch, lam, cy, cx, h, w):
+    """Both CutMixes draw lam and the centre (cy, cx), and pair image i with image i - 1 (the
+    roll torchvision always uses). h != w, so a randint's upper bound says which coordinate it is."""
+    def randint(*args, **kwargs):
+        high = [a for a in args if isinstance(a, int)][-1]
+        return torch.tensor([{h: cy, w: cx}.get(high, 0)])  # anything else: cutmix's seed draw
+    monkeypatch.setattr(torch, "randint", randint)
+    monkeypatch.setattr(torch, "randperm", lambda n, **kwargs: torch.arange(n).roll(1))
+    monkeypatch.setattr(np.random, "default_rng", lambda seed=None: _FixedBeta(lam))
+
+
+@pytest.mark.parametrize("lam, cy, cx", [(0.5, 12, 20), (0.3, 0, 0), (0.75, 23, 39),
+                                         (0.62, 3, 37), (0.9, 20, 2), (0.999, 5, 5),
+                                         (0.0, 12, 20), (0.0, 1, 38)])
+def test_cutmix_box_and_lambda_match_torchvision_for_the_same_draws(monkeypatch, lam, cy, cx):
+    from torchvision.transforms.v2 import CutMix
+    b, h, w, classes = 6, 24, 40, 7
+    images, labels = _batch(b, h, w)
+    labels = labels // 10
+    _fix_draws(monkeypatch, lam, cy, cx, h, w)
+    tv = CutMix(alpha=1.0, num_classes=classes)
+    tv._dist = _FixedBeta(lam)  # private, but the only place its lambda comes from
+    x1, y1, x2, y2 = tv.make_params([images])["box"]
+    tv_mixed, tv_soft = tv(images, labels)
+    mixed, y_a, y_b, ours_lam = cutmix(images, labels, 1.0, torch.Generator())
+    # torchvision halves int(r * H) with r = sqrt(1 - lam) / 2; we take int(H sqrt(1 - lam)) // 2.
+    # floor(floor(x) / 2) == floor(x / 2), and both clip to the image: the same box.
+    assert torch.equal(mixed, tv_mixed)
+    region = torch.zeros(h, w, dtype=torch.bool)
+    region[y1:y2, x1:x2] = True
+    changed = mixed[:, 0] != images[:, 0]  # pixel value i marks image i, so all of the box moves
+    assert torch.equal(changed, region.expand(b, h, w))
+    assert ours_lam == 1.0 - (x2 - x1) * (y2 - y1) / (h * w)
+    # Their soft one-hot targets are our two hard labels weighted by lam; cross-entropy is linear
+    # in the target, so the two losses are the same.
+    assert torch.equal(y_b, labels.roll(1))
+    ours_soft = ours_lam * F.one_hot(y_a, classes) + (1 - ours_lam) * F.one_hot(y_b, classes)
+    assert torch.allclose(tv_soft, ours_soft.float(), atol=1e-6)
+    logits = torch.randn(b, classes, generator=torch.Generator().manual_seed(0))
+    ours_loss = (ours_lam * F.cross_entropy(logits, y_a)
+                 + (1 - ours_lam) * F.cross_entropy(logits, y_b))
+    assert F.cross_entropy(logits, tv_soft) == pytest.approx(ours_loss.item(), rel=1e-5)
+
+
+def test_cutmix_pairs_by_permutation_where_torchvision_rolls():
+    from torchvision.transforms.v2 import CutMix
+    images, labels = _batch()
+    torch.manual_seed(0)
+    for _ in range(5):
+        mixed, soft = CutMix(alpha=1.0, num_classes=80)(images, labels)
+        for i in range(8):  # pixel value j marks image j: only i and i - 1 appear in image i
+            assert set(mixed[i, 0].unique().tolist()) <= {i, (i - 1) % 8}
+    g = torch.Generator().manual_seed(0)
+    partners = [cutmix(images, labels, 1.0, g)[2] // 10 for _ in range(5)]
+    assert any(not torch.equal(p, torch.arange(8).roll(1)) for p in partners)
+
+
 #### Loader and augmentation
 
 def test_crop_flip_matches_a_per_image_reference():

@@ -238,6 +238,19 @@ def test_cli_full_test_set_matches_metrics(run):
     assert result["n"] == 120 and result["clean_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.skipif(not common.cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_cli_amp_keeps_the_clean_accuracy_exact(run):
+    """--amp: corrupted cells under bf16 autocast, the clean column in float32 as metrics.json."""
+    flags = ["--run", str(run), "--corruptions", "contrast", "fog", "--severities", "1", "5",
+             "--device", "cpu"]
+    fp32, bf16 = corruptions.main(flags), corruptions.main(flags + ["--amp"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert bf16["precision"] == "bf16 autocast" and fp32["precision"] == "float32"
+    assert bf16["clean_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    for name in ("contrast", "fog"):  # 120 images: a flipped prediction moves a cell by 0.0083
+        assert bf16["accuracy"][name] == pytest.approx(fp32["accuracy"][name], abs=0.05)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--corruptions", "fog", "frost"], "unknown corruption 'frost'; choose 'all' or any of "),
     (["--severities", "0", "3"], "severity 0 is outside 1-5"),

@@ -91,6 +91,21 @@ def test_resnet_matches_hook_free_autograd(resnet, images, layer):
                                atol=1e-5, rtol=1e-4)
 
 
+def test_resnet_layer4_grad_cam_equals_cam(resnet, images):
+    """After layer4 come only global average pooling and fc, so d logit_c / dA_k(i, j) is
+    w_ck / (h w) everywhere: Grad-CAM is CAM (Zhou et al. 2016), sum_k w_ck A_k, divided by h w.
+    An independent check that needs neither hooks nor autograd."""
+    targets = torch.tensor([1, 4, 4, 8])
+    ours = grad_cam(resnet, resnet.layer4, images, targets, scaled=False)
+    with torch.no_grad():
+        act = resnet_split(resnet, "layer4")[0](images)  # (N, 512, 4, 4)
+        cam = torch.einsum("nk,nkhw->nhw", resnet.fc.weight[targets], act)
+        cam = F.relu(cam)[:, None] / (act.shape[2] * act.shape[3])
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    assert cam.amax() > 0
+    torch.testing.assert_close(ours, cam, atol=1e-6, rtol=1e-4)
+
+
 def test_simplecnn_matches_hook_free_autograd_for_predicted_class(simplecnn, images):
     ours = grad_cam(simplecnn, simplecnn.conv3, images)  # targets=None: the predicted class
     with torch.no_grad():
@@ -264,6 +279,8 @@ def test_cli_end_to_end(synthetic_run, tmp_path):
     for f in ("gradcam.png", "gradcam.npz", "failures.png"):
         assert (run / f).stat().st_size > 0
     data = json.loads((run / "failures.json").read_text())
+    ref = data["gradcam_reference"]
+    assert ref["map_size"] == [8, 8] and ref["image_size"] == [32, 32]  # relu3: conv3's 8x8 map
     for case in data["cases"]:
         ev = case["evidence"]
         assert ev["layer"] == "relu3" and 0 <= ev["pred"]["centre_mass"] <= 1

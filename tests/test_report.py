@@ -126,8 +126,8 @@ def test_optional_sections_follow_the_numbers():
              {"index": 2, "true_name": "d", "improved_pred_name": "e", "fixed": False}]
     some = prose.cases_sentence({"cases": cases})
     assert "1 of them" in some and r"\#2 (d" in some
-    assert "none of them" in prose.cases_sentence({"cases": cases[1:]})
-    assert "all 1" in prose.cases_sentence({"cases": cases[:1]})
+    assert "none of them" in prose.cases_sentence({"cases": [dict(c, fixed=False) for c in cases]})
+    assert "classifies the one baseline failure case correctly" in prose.cases_sentence({"cases": cases[:1]})
 
 
 def test_p_value_never_rounds_across_the_threshold():
@@ -205,6 +205,7 @@ def write_run(run, name, probs, labels, config):
     np.savez(run / "predictions.npz", probs=probs, labels=labels, logits=np.log(probs),
              indices=np.arange(len(labels)))
     train.plot_curves(history, run / "curves.png")
+    train.write_history(history, run / "history.csv")
 
 
 def make_fake_study(study, n=10000, num_cases=5, seed=0):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import evaluate
 import train
 
@@ -222,3 +223,52 @@ def test_checkpoint_needing_unpickling_is_refused_without_running_code(synthetic
     with pytest.raises(SystemExit, match="refused to load .*arbitrary unpickling"):
         evaluate.main(["--run", str(run)])
     assert not (tmp_path / "pwned").exists()
+
+
+needs_bf16 = pytest.mark.skipif(not common.cpu_has_native_bf16(),
+                                reason="this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16)")
+
+
+@needs_bf16
+def test_bf16_autocast_step_on_the_cpu_runs_in_bf16_and_learns():
+    """--amp's step on the CPU: bf16 convolutions, float32 weights, loss and BatchNorm state."""
+    torch.manual_seed(0)
+    ds = common.make_synthetic(n_train=64, n_test=1)
+    x = common.normalize(ds.train_x, *common.channel_stats(ds.train_x))
+    y = ds.train_y
+    model = common.build_model("resnet18", ds.num_classes).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    device = torch.device("cpu")
+    use_amp, note = common.autocast_mode(device, True)
+    assert use_amp and note is None
+    losses = []
+    for _ in range(15):
+        with common.autocast(device, use_amp):
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out, y)
+        assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.bn1.running_var.dtype == torch.float32
+    assert np.isfinite(losses).all() and losses[-1] < 0.2 * losses[0], losses
+
+
+@needs_bf16
+def test_amp_run_on_the_cpu_records_bf16_and_learns(tmp_path):
+    result = run_train(tmp_path, "amp", "--epochs", "3", "--batch-size", "64", "--limit-train", "2000",
+                       "--amp")
+    cfg = json.loads((Path(result["run_dir"]) / "config.json").read_text())
+    assert cfg["amp"] and cfg["precision"] == "bf16 autocast"
+    assert result["final_test_accuracy"] > 0.3  # chance is 0.1
+
+
+def test_amp_without_native_bf16_falls_back_to_float32_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    result = run_train(tmp_path, "fp32", "--epochs", "1", "--limit-train", "256", "--limit-test", "100",
+                       "--amp")
+    cfg = json.loads((Path(result["run_dir"]) / "config.json").read_text())
+    assert cfg["amp"] and cfg["precision"] == "float32"
+    assert "lacks; training in float32" in capsys.readouterr().out
