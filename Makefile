@@ -170,8 +170,8 @@ $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradca
 	  --out $(CMP) --device $(DEVICE)
 
 # make seeds / make ablation results enter the report when they exist.
-$(PDF): $(CMP)/comparison.json report.py prose.py report/report.tex \
-        $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
+$(PDF): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json report.py \
+        prose.py report/report.tex $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
 	$(PY) report.py --study $(S) --out $@
 
 # Seeds and ablation: train and evaluate what is missing, then summarise in comparison.json.

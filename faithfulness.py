@@ -10,10 +10,14 @@ the highest-ranked pixels are put back first; a faithful map makes it rise fast 
 AUC is the trapezoid area on [0, 1]. The same procedure with a seeded random pixel order is the
 yardstick. Explained classes: this run's prediction (a random test sample and the failure cases of
 failures.json, which may come from another run of the same test set) and the cases' true class.
-Needs predictions.npz and metrics.json (evaluate.py). Writes runs/<name>/faithfulness.json and .png.
+Next to it, the model-parameter randomisation test (Adebayo et al. 2018): the maps of the first 64
+sample images as the network is re-initialised from the head down; maps that depend on what the
+network learned change a lot. Needs predictions.npz and metrics.json (evaluate.py). Writes
+runs/<name>/faithfulness.json and .png (deletion, insertion and randomisation panels).
 """
 import argparse
 import time
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,59 @@ from gradcam import find_layer, grad_cam
 # of a start that "knows nothing" yet is not far from natural images. Reflect padding (torchvision)
 # instead of RISE's zero padding, so the border is blurred rather than pulled towards the mean.
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+
+
+#### Model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks for Saliency Maps")
+
+RANDOMISED_IMAGES = 64  # the first of the sample: rank correlations over 64 images vary little
+
+
+def average_ranks(values):
+    """Ranks 0..n-1 of a 1-D array, tied values sharing their mean rank (as Spearman's rho needs:
+    Grad-CAM's ReLU leaves many pixels at exactly 0)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + ends - 1) / 2)[inverse]
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two maps; None where either is constant (an empty map)."""
+    ra, rb = average_ranks(a.ravel()), average_ranks(b.ravel())
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def randomisation_test(model, layer_name, images, targets, seed=0):
+    """Cascading randomisation: re-initialise the network's parameterised top-level modules from
+    the output down (the head first), cumulatively, and after each stage measure how far the
+    Grad-CAM maps of `images` for `targets` (fixed: the trained model's classes) moved from the
+    trained model's maps. A method that explains what the network learned gives maps that change
+    a lot (correlation near 0); one that mostly echoes the input (edges) keeps correlating.
+    The model itself is not changed: the stages are applied to a copy."""
+    arch = type(model).__name__
+    trained = grad_cam(model, find_layer(model, layer_name, arch), images, targets).cpu().numpy()
+    randomised = deepcopy(model)
+    stages = [n for n, m in reversed(list(randomised.named_children()))
+              if any(True for _ in m.parameters())]
+    result = {"n": len(images), "explained": "the trained model's predicted class",
+              "similarity": "Spearman rank correlation with the trained model's map", "stages": [],
+              "spearman_mean": [], "spearman_median": [], "undefined": []}
+    with torch.random.fork_rng(devices=[]):  # the seeded re-initialisation leaves the global RNG alone
+        torch.manual_seed(seed)
+        for name in stages:
+            for m in getattr(randomised, name).modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()  # BatchNorm's also resets its running statistics
+            layer = find_layer(randomised, layer_name, arch)
+            maps = grad_cam(randomised, layer, images, targets).cpu().numpy()
+            rho = [spearman(a, b) for a, b in zip(trained, maps)]
+            known = [r for r in rho if r is not None]
+            result["stages"].append(name)
+            result["spearman_mean"].append(round(float(np.mean(known)), 4) if known else None)
+            result["spearman_median"].append(round(float(np.median(known)), 4) if known else None)
+            result["undefined"].append(len(rho) - len(known))
+    return result
 
 
 #### Deletion and insertion
@@ -197,11 +254,16 @@ def measure(args):
         return gc, rnd, summarise(gc, rnd, (maps.flatten(1).amax(1) == 0).sum())
 
     sample_gc, sample_rnd, sample_summary = group(sample, preds[sample])
+    first = sample[:RANDOMISED_IMAGES]
+    randomisation = randomisation_test(
+        model, layer_name, normalize(ds.test_x[first].to(device), config["mean"], config["std"]),
+        torch.as_tensor(preds[first], device=device), args.seed)
     out = {"run": str(run), "checkpoint": checkpoint, "layer": layer_name, "steps": args.steps,
            "fractions": [round(float(f), 6) for f in sample_gc["fractions"]],
            "deletion_baseline": "per-channel dataset mean (0 after normalisation)",
            "insertion_start": f"Gaussian blur, {BLUR_KERNEL}x{BLUR_KERNEL} kernel, sigma {BLUR_SIGMA} px",
-           "seed": args.seed, "sample": dict(explained="predicted class", **sample_summary)}
+           "seed": args.seed, "sample": dict(explained="predicted class", **sample_summary),
+           "randomisation": randomisation}
     if case_rows:
         classes, cases = config["classes"], []
         per_target = {t: group(case_rows, tgt) for t, tgt in
@@ -235,7 +297,7 @@ def plot(summary, out, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
     with plt.rc_context({"font.size": 7.5, "axes.titlesize": 8, "legend.fontsize": 7}):
-        fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.4), layout="constrained", sharey=True)
+        fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.4), layout="constrained")
         titles = {"deletion": "deletion (to the mean image)", "insertion": "insertion (from a blur)"}
         for ax, c in zip(axes, ("deletion", "insertion")):
             for name, label, style in (("gradcam", "Grad-CAM", "-"), ("random", "random order", "--")):
@@ -249,11 +311,26 @@ def plot(summary, out, path):
             ax.legend(loc="upper right" if c == "deletion" else "lower right", frameon=False)
             ax.grid(alpha=0.3, lw=0.5)
         axes[0].set_ylabel("mean probability of\nthe predicted class")
+        axes[1].tick_params(labelleft=False)  # the same probability axis as the first panel
+        plot_randomisation(axes[2], out["randomisation"])
         fig.get_layout_engine().set(wspace=0.06)  # keep 100% and 0% of adjacent panels apart
         fig.suptitle(f"{Path(out['run']).name}: {summary['n']} test images, Grad-CAM at "
                      f"{out['layer']} ({out['checkpoint']} checkpoint)", fontsize=8)
         save_figure(fig, path, dpi=200)
         plt.close(fig)
+
+
+def plot_randomisation(ax, rand):
+    """Similarity of the maps to the trained model's as more of the network is re-initialised."""
+    steps = range(len(rand["stages"]) + 1)
+    ax.plot(steps, [1.0] + [np.nan if v is None else v for v in rand["spearman_mean"]], "o-",
+            color="#c44e52", lw=1.4, ms=3)
+    ax.axhline(0, color="0.45", lw=0.8, ls="--")
+    ax.set(title="randomised from the top down", xticks=list(steps), ylim=(-0.2, 1),
+           xlabel="re-initialised up to")
+    ax.set_xticklabels(["none"] + rand["stages"], rotation=60, fontsize=6)
+    ax.set_ylabel("rank correlation with\nthe trained maps")
+    ax.grid(alpha=0.3, lw=0.5)
 
 
 def main(argv=None):

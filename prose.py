@@ -432,6 +432,26 @@ def coarse_maps_sentence(failures, layer_tex):
     return s + "; they are scaled per image"
 
 
+def randomisation_sentence(faith):
+    """Adebayo et al.'s sanity check from both models' faithfulness.json; '' without them."""
+    rand = {m: (faith.get(m) or {}).get("randomisation") for m in ("baseline", "improved")}
+    if not all(r and r.get("spearman_mean") and None not in r["spearman_mean"] for r in rand.values()):
+        return ""
+    b, i = rand["baseline"], rand["improved"]
+    head, passes = b["stages"][0], max(b["spearman_mean"][0], i["spearman_mean"][0]) < 0.5
+
+    def rho(v):
+        return f"{v:.2f}".replace("-", "\\ensuremath{-}")
+    s = (f"Sanity check (Adebayo et al., 2018): with the weights re-initialised from the head down, "
+         f"the mean rank correlation of {b['n']} test images' maps with the trained model's maps is "
+         f"{rho(b['spearman_mean'][0])} (baseline) and {rho(i['spearman_mean'][0])} (improved) once "
+         f"\\texttt{{{tex_escape(head)}}} is random, and {rho(b['spearman_mean'][-1])} and "
+         f"{rho(i['spearman_mean'][-1])} with every layer random: ")
+    return s + ("the maps depend on what the networks learned." if passes else
+                "the maps stay close to the trained ones, so they may reflect the image more than "
+                "what the networks learned.")
+
+
 def gradcam_reference_sentence(failures):
     ref = failures.get("gradcam_reference")
     if not ref or not ref.get("n"):
@@ -612,6 +632,7 @@ def prose(data):
         "ProseErrors": errors_sentence(failures),
         "ProseGradcamReference": gradcam_reference_sentence(failures),
         "ProseCoarseMaps": coarse_maps_sentence(failures, tex_escape(cmp.get("gradcam_layer", ""))),
+        "ProseRandomisation": randomisation_sentence(data.get("faithfulness") or {}),
         "ProseImprCurves": training_curves_sentence(cfg_i), "ProseConclusion": conclusion_sentence(cmp, name),
         **limitation_sentences(data),
     }

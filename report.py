@@ -55,13 +55,18 @@ OPTIONAL_FIGURES = {"reliability": "Reliability", "corruptions": "Corruptions"}
 #### Loading
 
 def load_extras(study, paths):
-    """make seeds / make ablation results, when they exist; their files are added to paths."""
+    """make seeds / make ablation results and both faithfulness.json, when they exist; their files
+    are added to paths."""
     extras = {}
     for name in ("seeds", "ablation"):
         path = study / name / "comparison.json"
         if path.is_file():
             paths[f"{name}_comparison"] = path
             extras[name] = read_json(path, f"{name} comparison").get(name)
+    faith = {m: study / m / "faithfulness.json" for m in ("baseline", "improved")}
+    if all(path.is_file() for path in faith.values()):  # the randomisation sentence needs both
+        paths.update({f"{m}_faithfulness": path for m, path in faith.items()})
+        extras["faithfulness"] = {m: read_json(path, "faithfulness results") for m, path in faith.items()}
     return extras
 
 

@@ -41,7 +41,11 @@ predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_esca
 the pixels a map ranks highest are replaced first, in {f['steps']} steps, by the {tex_escape(f['deletion_baseline'])}
 (deletion: lower area under the curve is better) or put back first into a copy blurred with a
 {tex_escape(f['insertion_start'])} (insertion: higher is better). A random pixel order is the yardstick;
-``better'' is the share of images where Grad-CAM beats it.
+``better'' is the share of images where Grad-CAM beats it. The right-hand panels are the
+model-parameter randomisation test (Adebayo et al., 2018) on the first {f['randomisation']['n']} of these
+images: the network's parameterised modules are re-initialised from the head down, cumulatively, and
+each time the maps for the trained model's predicted class are compared with the trained maps by
+Spearman's rank correlation; maps that depend on what the network learned fall towards 0.
 
 \begin{{center}}\small
 \begin{{tabular}}{{lllrlll}}\toprule
@@ -75,16 +79,36 @@ corruption & baseline & improved & change (points) \\\midrule
 """
 
 
+def suspects_rule_text(sus):
+    """compare.py's confident-learning suspects: what was flagged, and each model's thresholds."""
+    if sus["count"] == 0:
+        return ("No test image is flagged by both models for the same class other than its label "
+                "(confident learning's per-class thresholds, Northcutt et al., 2021).\n")
+    b, i = sus["rule"]["baseline"], sus["rule"]["improved"]
+    return (f"On {sus['count']} test images ({pct(sus['share'])}\\,\\%) both models flag the same class "
+            "other than the label by confident learning (Northcutt et al., 2021): each model's probability "
+            "of that class reaches the model's own threshold for it, its mean probability of the class on the "
+            f"test images labelled with it (thresholds {b['min']:.3g} to {b['max']:.3g} for the baseline, "
+            f"{i['min']:.3g} to {i['max']:.3g} for the improved model). Some may be mislabelled, others "
+            "shared mistakes: possible label errors, to check by eye, not a verdict.\n")
+
+
+def suspects_fixed_threshold_text(sus):
+    """A comparison.json written before the confident-learning rule: one fixed confidence."""
+    if sus["count"] == 0:
+        return (f"On no test image are both models at least {sus['threshold']:g} sure of the same class "
+                "other than the label.\n")
+    return (f"On {sus['count']} test images ({pct(sus['share'])}\\,\\%) both models are at least "
+            f"{sus['threshold']:g} sure of the same class other than the label. Some may be mislabelled, "
+            "others shared mistakes: they are a list to check by eye, not a verdict.\n")
+
+
 def suspects_section(cmp, study, report_dir):
     sus = cmp.get("label_error_suspects")
     if not sus:
         return ""
-    if sus["count"] == 0:
-        return (f"\\section{{Possible label errors}}\nOn no test image are both models at least "
-                f"{sus['threshold']:g} sure of the same class other than the label.\n")
-    text = (f"\\section{{Possible label errors}}\nOn {sus['count']} test images ({pct(sus['share'])}\\,\\%) both "
-            f"models are at least {sus['threshold']:g} sure of the same class other than the label. Some may be "
-            "mislabelled, others shared mistakes: they are a list to check by eye, not a verdict.\n")
+    text = "\\section{Possible label errors}\n" + (suspects_rule_text(sus) if "rule" in sus
+                                                   else suspects_fixed_threshold_text(sus))
     if sus.get("figure"):
         path = os.path.relpath(study / "compare" / f"{sus['figure']}.png", report_dir)
         text += f"\n\\begin{{center}}\\includegraphics[width=\\linewidth]{{{path}}}\\end{{center}}\n"

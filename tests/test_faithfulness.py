@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import common
 import evaluate
 import failures
 import faithfulness
@@ -195,6 +196,8 @@ def test_cli_writes_faithfulness(tiny_run):
     assert (tiny_run / "faithfulness.png").stat().st_size > 0
     assert data["checkpoint"] == json.loads((tiny_run / "metrics.json").read_text())["checkpoint"]
     assert data["layer"] == "relu3" and data["steps"] == 8 and data["fractions"][::8] == [0, 1]
+    rand = data["randomisation"]
+    assert rand["n"] == 60 and rand["stages"][0] == "fc2" and len(rand["spearman_mean"]) == 5
     s = data["sample"]
     assert s["n"] == 60  # --sample 500 is capped at the test set
     for name in ("gradcam", "random"):
@@ -233,3 +236,54 @@ def test_cli_bad_input(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match="run python evaluate.py"):
         faithfulness.main(["--run", str(bare)])
     assert not (bare / "faithfulness.json").exists()
+
+
+#### Model-parameter randomisation
+
+def test_spearman_with_ties_matches_scipy():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    a = np.maximum(rng.normal(size=(8, 8)), 0)  # ReLU-like: many exact zeros, tied
+    b = np.maximum(a + rng.normal(scale=0.5, size=(8, 8)), 0)
+    assert faithfulness.spearman(a, b) == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-12)
+    assert faithfulness.spearman(a, a) == pytest.approx(1.0)
+    assert faithfulness.spearman(a, np.zeros_like(a)) is None  # an empty map has no ranking
+
+
+@pytest.fixture(scope="module")
+def learned_cnn():
+    """A SimpleCNN that has learned the synthetic shapes (6 epochs on 2,000 images, well above
+    chance): randomising a model that learned nothing would prove nothing."""
+    torch.manual_seed(0)
+    ds = common.make_synthetic(n_train=2000, n_test=64)
+    mean, std = common.channel_stats(ds.train_x)
+    model = common.build_model("simplecnn", ds.num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x_train = common.normalize(ds.train_x, mean, std)
+    for _ in range(6):
+        for i in torch.randperm(2000).split(64):
+            loss = torch.nn.functional.cross_entropy(model(x_train[i]), ds.train_y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    x = common.normalize(ds.test_x, mean, std)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert (pred == ds.test_y).float().mean() > 0.4  # chance is 0.1
+    return model, x, pred
+
+
+def test_randomisation_changes_the_maps_and_leaves_the_model_alone(learned_cnn):
+    model, x, pred = learned_cnn
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_state = torch.get_rng_state()
+    result = faithfulness.randomisation_test(model, "relu3", x, pred, seed=0)
+    assert result["stages"] == ["fc2", "fc1", "conv3", "conv2", "conv1"]  # from the head down
+    assert result["n"] == 64 and len(result["spearman_mean"]) == 5
+    # Grad-CAM depends on the learned weights: once the head is random, the maps have little to
+    # do with the trained ones (Adebayo et al.'s pass criterion), and they stay that way.
+    assert all(m is not None and m < 0.5 for m in result["spearman_mean"]), result
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert faithfulness.randomisation_test(model, "relu3", x, pred, seed=0) == result  # seeded

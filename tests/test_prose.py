@@ -251,3 +251,20 @@ def test_best_on_test_gap_and_high_ece_are_flagged_per_model():
 def test_coarse_maps_sentence_says_how_coarse(size, expected):
     failures = {"gradcam_reference": {"map_size": size, "image_size": [32, 32]}}
     assert expected in prose.coarse_maps_sentence(failures, "layer4")
+
+
+def faith(*means):
+    return {m: {"randomisation": {"n": 64, "stages": ["fc", "layer4", "conv1"], "spearman_mean": list(v)}}
+            for m, v in zip(("baseline", "improved"), means)}
+
+
+def test_randomisation_sentence_passes_fails_or_is_absent():
+    text = prose.randomisation_sentence(faith((0.05, 0.1, -0.12), (0.2, 0.0, 0.01)))
+    assert (r"is 0.05 (baseline) and 0.20 (improved) once \texttt{fc} is random, and "
+            r"\ensuremath{-}0.12 and 0.01 with every layer random: the maps depend on what the "
+            "networks learned.") in text
+    text = prose.randomisation_sentence(faith((0.05, 0.1, 0.1), (0.7, 0.6, 0.5)))
+    assert text.endswith("the maps stay close to the trained ones, so they may reflect the image "
+                         "more than what the networks learned.")
+    assert prose.randomisation_sentence({}) == ""
+    assert prose.randomisation_sentence(faith((None, 0.1, 0.1), (0.1, 0.1, 0.1))) == ""
