@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn as nn
 
-from common import (ARCHS, DeviceLoader, autocast, autocast_mode, build_model, channel_stats,
-                    cli_guard, device_name, load_dataset, resolve_device)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, autocast, autocast_mode, build_model,
+                    channel_stats, cli_guard, device_name, load_dataset, resolve_device)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -125,7 +125,7 @@ def bench(args):
     return results
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet18", choices=ARCHS)
     p.add_argument("--dataset", default="synthetic", help="any dataset train.py accepts")
@@ -134,7 +134,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 on CUDA, 1 on CPU)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the reference")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if (args.steps is not None and args.steps < 1) or args.batch_size < 1 or (args.warmup or 0) < 0:
         p.error("--steps and --batch-size must be at least 1, --warmup at least 0")

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import UserError, build_model, cli_guard, device_name, resolve_device
+from common import DEVICE_HELP, UserError, build_model, cli_guard, device_name, resolve_device
 from gradcam import grad_cam
 
 CASES = (("resnet18", "layer4"), ("resnet18", "layer3"), ("simplecnn", "relu3"))
@@ -96,7 +96,7 @@ def bench(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=100)  # the main study's CIFAR-100 head
     p.add_argument("--repeats", type=int, default=5)

@@ -52,18 +52,40 @@ def seed_everything(seed, deterministic=False):
         torch.use_deterministic_algorithms(True)
 
 
+DEVICE_HELP = "auto (cuda, else mps, else cpu) or any torch device: cpu, cuda, cuda:1, mps"
+
+
+def _available(device):
+    """Whether torch can use `device` here: CUDA with that index, MPS, or another backend's check."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    backend = getattr(torch, device.type, None)  # xpu, ...: the backends that have a module
+    return bool(getattr(backend, "is_available", lambda: False)())
+
+
 def resolve_device(name):
-    """The torch.device for --device; on the CPU it also flushes denormal floats to zero."""
+    """The torch.device for --device (DEVICE_HELP); on the CPU it also flushes denormal floats to
+    zero. A device this machine cannot use is a UserError."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "cpu":
+        name = ("cuda" if torch.cuda.is_available() else
+                "mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a torch device; use {DEVICE_HELP}") from None
+    if not _available(device):
+        raise UserError(f"--device {name} was asked for but this machine has no such device; "
+                        "use --device cpu or --device auto")
+    if device.type == "cpu":
         # Weight decay under Adam drives unused weights and their moments into the denormal
         # range (below 1.2e-38): measured on a 13-epoch CIFAR-10 SimpleCNN, 60k denormal weights
         # made x86 CPUs 2.5x slower per step (docs/RESULTS.md). Values this small change nothing.
         torch.set_flush_denormal(True)
-    return torch.device(name)
+    return device
 
 
 def cpu_has_native_bf16():
@@ -102,7 +124,9 @@ def autocast(device, enabled):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    if device.type == "cpu":
+        return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return str(device)
 
 
 def git_commit():

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (UserError, autocast_mode, cli_guard, dataset_from_config, device_name,
-                    git_commit, load_run, read_json, read_metrics, resolve_device, save_json,
-                    subset_indices)
+from common import (DEVICE_HELP, UserError, autocast_mode, cli_guard, dataset_from_config,
+                    device_name, git_commit, load_run, read_json, read_metrics, resolve_device,
+                    save_json, subset_indices)
 from corrupt import BENCHMARK, NAMES, SEVERITIES, check_choice, corrupt
 from evaluate import predict
 
@@ -38,7 +38,7 @@ def build_parser():
     p.add_argument("--limit-test", type=int, default=None,
                    help="a fixed random subset of the run's test images (same as common.subset_indices)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions' random draws")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     p.add_argument("--amp", action="store_true",

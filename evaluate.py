@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DeviceLoader, atomic_write, autocast, cli_guard, dataset_from_config,
-                    load_run, resolve_device, save_json)
+from common import (DEVICE_HELP, DeviceLoader, atomic_write, autocast, cli_guard,
+                    dataset_from_config, load_run, resolve_device, save_json)
 
 
 def build_parser():
@@ -23,7 +23,7 @@ def build_parser():
     p.add_argument("--run", required=True, help="run folder written by train.py")
     # Choosing the epoch by test accuracy peeks at the test set, so "last" is the default.
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--batch-size", type=int, default=1024)
     return p

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from common import (DEFAULT_CAM_LAYER, UserError, cli_guard, dataset_from_config, device_name,
-                    git_commit, load_run, normalize, read_json, read_metrics, resolve_device,
-                    save_figure, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, cli_guard, dataset_from_config,
+                    device_name, git_commit, load_run, normalize, read_json, read_metrics,
+                    resolve_device, save_figure, save_json)
 from failures import load_predictions
 from gradcam import find_layer, grad_cam
 
@@ -185,7 +185,7 @@ def build_parser():
     # RISE's code changes 224 pixels per step of a 224x224 image (224 steps); on 32x32 images 16
     # steps of 64 pixels (6%) still show how fast a curve falls, at 34 forward passes per image.
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seeds the sample and the random order")
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--batch-size", type=int, default=1024, help="perturbed images per forward pass")

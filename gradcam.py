@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DEFAULT_CAM_LAYER, UserError, atomic_write, cli_guard, dataset_from_config,
-                    load_run, normalize, read_json, resolve_device, save_figure, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, atomic_write, cli_guard,
+                    dataset_from_config, load_run, normalize, read_json, resolve_device,
+                    save_figure, save_json)
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
@@ -266,7 +267,7 @@ def build_parser():
                    "(default: layer4 for resnet18, relu3 (conv3 rectified) for simplecnn)")
     # Default: the checkpoint evaluate.py used, so the maps explain the predictions analysed.
     p.add_argument("--checkpoint", default=None, choices=("last", "best"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     # Base rates from a fixed sample's correctly classified images: a few seconds on a CPU.
     p.add_argument("--reference", type=int, default=256,

@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DeviceLoader, UserError, atomic_write, autocast, autocast_mode,
-                    build_model, channel_stats, cli_guard, cutmix, device_name, git_commit,
-                    load_checkpoint, load_dataset, resolve_device, save_checkpoint, save_figure,
-                    save_json, seed_everything)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, atomic_write, autocast,
+                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name,
+                    git_commit, load_checkpoint, load_dataset, resolve_device, save_checkpoint,
+                    save_figure, save_json, seed_everything)
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -55,7 +55,7 @@ def build_parser():
     a("--runs-dir", default="runs")
     a("--data-dir", default="data", help="where archives live and decoded folders are cached")
     a("--no-download", action="store_true", help="fail instead of downloading a missing archive")
-    a("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    a("--device", default="auto", help=DEVICE_HELP)
     a("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")

@@ -1,4 +1,6 @@
 """Networks, CutMix and the device-resident loader of common.py."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +238,33 @@ def test_cpu_device_flushes_denormals():
         assert (tiny * 1.0).item() == 0.0
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("name, device", [("cpu", "cpu"), ("auto", None)])
+def test_device_strings_resolve(name, device):
+    from common import resolve_device
+    try:
+        expected = device or ("cuda" if torch.cuda.is_available() else
+                              "mps" if torch.backends.mps.is_available() else "cpu")
+        assert resolve_device(name).type == expected
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("bogus", "--device 'bogus' is not a torch device; use auto"),
+    ("cuda:99", "--device cuda:99 was asked for but this machine has no such device"),
+    ("mps" if not torch.backends.mps.is_available() else "cuda:99", "was asked for but this machine has no such device")])
+def test_unavailable_or_unknown_device_is_a_user_error(name, message):
+    from common import UserError, resolve_device
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_device(name)
+
+
+def test_every_script_takes_any_device_string():
+    """No script limits --device to a fixed list ("cuda" and "cpu"): cuda:1 and mps parse."""
+    import importlib
+    for script in ("train", "evaluate", "gradcam", "faithfulness", "corruptions", "compare", "bench"):
+        parser = importlib.import_module(script).build_parser()
+        action = next(a for a in parser._actions if "--device" in a.option_strings)
+        assert action.choices is None and action.default == "auto", script
