@@ -13,6 +13,7 @@ import random
 import subprocess
 import tarfile
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,14 +191,28 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0]})") from None
 
 
-def read_json(path, what):
+# Which script writes each JSON file of a run or study folder: errors name it.
+PRODUCERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
+             "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
+             "comparison.json": "compare.py"}
+
+
+def read_json(path, what, expect=dict):
+    """A JSON file the project wrote; anything but valid UTF-8 JSON of type `expect` (None: any)
+    is a UserError naming the file and the script that writes it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    redo = (f"write it again with {PRODUCERS[path.name]}" if path.name in PRODUCERS
+            else "write it again")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON ({e})") from None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid UTF-8 JSON ({e}); {redo}") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise UserError(f"{what} {path} holds a JSON {type(obj).__name__}, not the "
+                        f"{expect.__name__} expected; {redo}")
+    return obj
 
 
 #### Network
@@ -488,6 +503,9 @@ def subset_indices(n, limit, seed=0):
 def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_test=None):
     """cifar100 | cifar10 | synthetic | a folder with train/<class>/ and test/<class>/ |
     an official-format CIFAR .tar.gz archive given by its path."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file; give the folder that holds (or will hold) "
+                        "the archives and the decoded-image cache")
     if name in ARCHIVES:
         ds = _load_cifar(name, data_dir, download)
     elif name == "synthetic":
@@ -656,6 +674,50 @@ def read_metrics(run_dir):
     if not path.is_file():
         raise UserError(f"{path} does not exist; run python evaluate.py --run {run_dir} first")
     return read_json(path, "metrics")
+
+
+def read_predictions(run_dir):
+    """evaluate.py's predictions.npz of a run: probs (N, C), labels (N,), indices (N,), as arrays
+    whose shapes agree; a missing, truncated or inconsistent file is a UserError."""
+    path = Path(run_dir) / "predictions.npz"
+    redo = f"run python evaluate.py --run {run_dir}"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; {redo} first")
+    try:
+        with np.load(path) as f:
+            pred = {k: f[k] for k in ("probs", "labels", "indices")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: truncated or not evaluate.py's); "
+                        f"{redo} again") from None
+    n = len(pred["labels"])
+    if (pred["probs"].ndim != 2 or len(pred["probs"]) != n or pred["labels"].ndim != 1
+            or pred["indices"].shape != (n,)):
+        raise UserError(f"{path} holds arrays of inconsistent shapes ({pred['probs'].shape} probs, "
+                        f"{pred['labels'].shape} labels, {pred['indices'].shape} indices); {redo} again")
+    return pred
+
+
+CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what every reader of a case needs
+
+
+def read_cases(path, labels, indices, run):
+    """failures.py's file at `path`: (its JSON, its cases), every case holding CASE_FIELDS and
+    naming a test image of `run` by row, index and label (labels, indices: its predictions)."""
+    data = read_json(path, "failures file")
+    cases = data.get("cases")
+    redo = f"python failures.py --run {run}"
+    if not isinstance(cases, list) or not cases:
+        raise UserError(f"{path} has no cases; write it with {redo}")
+    for k, case in enumerate(cases):
+        missing = [f for f in CASE_FIELDS if not isinstance(case, dict) or f not in case]
+        if missing:
+            raise UserError(f"case {k + 1} of {path} lacks {', '.join(missing)}; write the file "
+                            f"again with {redo}")
+        r = case["row"]
+        if not (isinstance(r, int) and 0 <= r < len(labels) and int(indices[r]) == case["index"]
+                and int(labels[r]) == case["true"]):
+            raise UserError(f"{path} does not match the test set of {run}; re-run {redo}")
+    return data, cases
 
 
 def dataset_from_config(config, data_dir=None):

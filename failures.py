@@ -14,17 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, cli_guard, dataset_from_config, read_json, save_figure, save_json
+from common import (UserError, cli_guard, dataset_from_config, read_json, read_predictions,
+                    save_figure, save_json)
 
 THRESHOLDS = (0.5, 0.9, 0.99)
-
-
-def load_predictions(run):
-    path = Path(run) / "predictions.npz"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run python evaluate.py --run {run} first")
-    with np.load(path) as f:
-        return {k: f[k] for k in ("probs", "labels", "indices")}
 
 
 #### Cases and suggestions
@@ -109,7 +102,7 @@ def select_distinct(ranked, labels, preds, n):
 
 
 def read_hypotheses(path, selected):
-    data = read_json(path, "hypotheses file")
+    data = read_json(path, "hypotheses file", expect=None)  # the analyst's file: checked below
     if not isinstance(data, dict):
         raise UserError(f"hypotheses file {path} must be a JSON object mapping test index to text")
     out = {}
@@ -171,7 +164,7 @@ def build_parser():
 
 def analyse(args):
     run = Path(args.run)
-    pred_file = load_predictions(run)
+    pred_file = read_predictions(run)
     config = read_json(run / "config.json", "run config")
     probs, labels, indices = pred_file["probs"], pred_file["labels"], pred_file["indices"]
     classes, superclasses = config["classes"], config.get("superclasses")

@@ -25,9 +25,8 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, cli_guard, dataset_from_config,
-                    device_name, git_commit, load_run, normalize, read_json, read_metrics,
-                    resolve_device, save_figure, save_json)
-from failures import load_predictions
+                    device_name, git_commit, load_run, normalize, read_cases, read_metrics,
+                    read_predictions, resolve_device, save_figure, save_json)
 from gradcam import find_layer, grad_cam
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
@@ -199,15 +198,7 @@ def load_cases(args, run, labels, indices):
         if args.cases is None:
             return path, []
         raise UserError(f"{path} does not exist; write it with python failures.py --run {run}")
-    data = read_json(path, "failures file")
-    cases = data.get("cases") if isinstance(data, dict) else None
-    if not cases:
-        raise UserError(f"{path} has no cases; write it with python failures.py")
-    for c in cases:
-        r = c.get("row", -1)
-        if not (0 <= r < len(labels) and int(indices[r]) == c.get("index")
-                and int(labels[r]) == c.get("true")):
-            raise UserError(f"{path} does not match the test set of {run}; re-run failures.py")
+    _, cases = read_cases(path, labels, indices, run)
     return path, [c["row"] for c in cases]
 
 
@@ -217,11 +208,13 @@ def measure(args):
         raise UserError(f"--steps must be at least 2, got {args.steps}")
     if args.sample < 1:
         raise UserError(f"--sample must be at least 1, got {args.sample}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     run = Path(args.run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py first")
     metrics = read_metrics(run)
-    pred_npz = load_predictions(run)
+    pred_npz = read_predictions(run)
     probs, labels, indices = pred_npz["probs"], pred_npz["labels"], pred_npz["indices"]
     preds = probs.argmax(1)
     # The checkpoint whose predictions evaluate.py wrote, so the maps explain those predictions.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, atomic_write, cli_guard,
-                    dataset_from_config, load_run, normalize, read_json, resolve_device,
+                    dataset_from_config, load_run, normalize, read_cases, read_json, resolve_device,
                     save_figure, save_json)
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
 
@@ -275,19 +275,11 @@ def build_parser():
     return p
 
 
-def load_cases(path, run):
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run python failures.py --run {run} first")
-    failures = read_json(path, "failures file")
-    if not isinstance(failures, dict) or not failures.get("cases"):
-        raise UserError(f"{path} has no cases; write it with failures.py")
-    return failures, failures["cases"]
-
-
 def explain(args):
     run = Path(args.run)
     cases_path = Path(args.cases) if args.cases else run / "failures.json"
-    failures, cases = load_cases(cases_path, run)
+    if not cases_path.is_file():
+        raise UserError(f"{cases_path} does not exist; run python failures.py --run {run} first")
     checkpoint, metrics = args.checkpoint, run / "metrics.json"
     if checkpoint is None and metrics.is_file():
         checkpoint = read_json(metrics, "metrics").get("checkpoint")
@@ -298,9 +290,8 @@ def explain(args):
     layer = find_layer(model, layer_name, config["arch"])
     ds = dataset_from_config(config, args.data_dir)
     mean, std = config["mean"], config["std"]
+    failures, cases = read_cases(cases_path, ds.test_y.numpy(), ds.test_indices.numpy(), run)
     rows = torch.tensor([c["row"] for c in cases])
-    if rows.max() >= len(ds.test_y) or any(int(ds.test_indices[c["row"]]) != c["index"] for c in cases):
-        raise UserError(f"{cases_path} does not match this run's test set; re-run failures.py")
     x = normalize(ds.test_x[rows].to(device), mean, std)
     pred = torch.tensor([c["pred"] for c in cases], device=device)
     true = torch.tensor([c["true"] for c in cases], device=device)

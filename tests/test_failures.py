@@ -162,7 +162,7 @@ def test_too_few_distinct_errors_fill_up_in_rank_order(run):
     (["--cases", "1000"], None, "test index 1000 is not in this run's test set"),
     (["--num-cases", "9"], None, "more cases than the 8 misclassified test images"),
     ([], '{"1000": "x"}', "names test index 1000, which is not a selected case"),
-    ([], '{"7": ', "is not valid JSON"),
+    ([], '{"7": ', "is not valid UTF-8 JSON"),
     ([], '["a"]', "must be a JSON object"),
     ([], '{"abc": "x"}', "key 'abc' is not a test index"),
     (["--hypotheses", "missing.json"], None, "does not exist"),

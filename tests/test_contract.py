@@ -1,0 +1,100 @@
+"""The run-folder contract (common.py's Runs section): every bad form of a file that a later step
+reads ends in one sentence naming the file and its writer, a non-zero exit, and no file changed."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import common
+import corruptions
+import evaluate
+import failures
+import faithfulness
+import gradcam
+import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A SimpleCNN trained 1 epoch on 256 synthetic images, evaluated on 60, with its failures."""
+    root = tmp_path_factory.mktemp("contract")
+    result = train.main(["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam",
+                         "--milestones", "--epochs", "1", "--batch-size", "64", "--limit-train", "256",
+                         "--limit-test", "60", "--runs-dir", str(root), "--name", "syn",
+                         "--data-dir", str(root / "data")])
+    evaluate.main(["--run", result["run_dir"]])
+    failures.main(["--run", result["run_dir"], "--num-cases", "2"])
+    return Path(result["run_dir"])
+
+
+def copy_run(run, dest):
+    shutil.copytree(run, dest)
+    return dest
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def refused(capsys, folder, fn, argv, message):
+    """fn(argv) exits non-zero with one line holding `message`, and folder's files are unchanged."""
+    before = snapshot(folder)
+    with pytest.raises(SystemExit) as exc:
+        fn(argv)
+    text = str(exc.value.code) if isinstance(exc.value.code, str) else capsys.readouterr().err
+    assert exc.value.code != 0 and message in text and "\n" not in text.strip(), text
+    assert snapshot(folder) == before
+
+
+def test_truncated_predictions(run, tmp_path, capsys):
+    bad = copy_run(run, tmp_path / "t")
+    (bad / "predictions.npz").write_bytes((run / "predictions.npz").read_bytes()[:500])
+    for fn in (failures.main, faithfulness.main):
+        refused(capsys, bad, fn, ["--run", str(bad)], "predictions.npz cannot be read (BadZipFile")
+
+
+def test_predictions_of_inconsistent_shapes(run, tmp_path):
+    bad = copy_run(run, tmp_path / "s")
+    pred = common.read_predictions(run)
+    np.savez(bad / "predictions.npz", probs=pred["probs"][:-1], labels=pred["labels"],
+             indices=pred["indices"])
+    with pytest.raises(common.UserError, match="inconsistent shapes"):
+        common.read_predictions(bad)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe{}", "is not valid UTF-8 JSON"),
+    (b"[1, 2]", "holds a JSON list, not the dict expected; write it again with evaluate.py")])
+def test_metrics_not_utf8_or_not_an_object(run, tmp_path, capsys, content, message):
+    bad = copy_run(run, tmp_path / "m")
+    (bad / "metrics.json").write_bytes(content)
+    refused(capsys, bad, corruptions.main, ["--run", str(bad), "--limit-test", "5"], message)
+    refused(capsys, bad, gradcam.main, ["--run", str(bad)], message)
+
+
+@pytest.mark.parametrize("field", common.CASE_FIELDS)
+def test_a_case_missing_a_field(run, tmp_path, capsys, field):
+    bad = copy_run(run, tmp_path / "c")
+    data = common.read_json(run / "failures.json", "failures file")
+    del data["cases"][1][field]
+    common.save_json(data, bad / "failures.json")
+    message = f"case 2 of {bad / 'failures.json'} lacks {field}"
+    refused(capsys, bad, gradcam.main, ["--run", str(bad)], message)
+    refused(capsys, bad, faithfulness.main, ["--run", str(bad), "--sample", "5"], message)
+
+
+def test_faithfulness_batch_size_zero(run, capsys):
+    refused(capsys, run, faithfulness.main, ["--run", str(run), "--batch-size", "0"],
+            "--batch-size must be at least 1")
+
+
+def test_data_dir_naming_a_file(run, tmp_path, capsys):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    refused(capsys, run, evaluate.main, ["--run", str(run), "--data-dir", str(a_file)],
+            f"--data-dir {a_file} is a file")
+    with pytest.raises(SystemExit, match="is a file"):
+        train.main(["--dataset", "synthetic", "--arch", "simplecnn", "--data-dir", str(a_file),
+                    "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
+    assert not (tmp_path / "runs").exists()
