@@ -238,18 +238,24 @@ class SimpleCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
-ARCHS = ("resnet18", "simplecnn")
-DEFAULT_CAM_LAYER = {"resnet18": "layer4", "simplecnn": "relu3"}
+# torchvision's ResNets share conv1, maxpool, layer1-4 and fc, so one adaptation fits them all.
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+           "wide_resnet101_2", "resnext50_32x4d")
+ARCHS = RESNETS + ("simplecnn",)
+# layer4 is 4x4 on 32x32 inputs for every ResNet above (conv1 stride 1, three stride-2 stages).
+DEFAULT_CAM_LAYER = {**{arch: "layer4" for arch in RESNETS}, "simplecnn": "relu3"}
 
 
 def build_model(arch, num_classes):
-    """resnet18: torchvision's, adapted to 32x32 (3x3 stride-1 conv1, no max-pool); or simplecnn."""
+    """simplecnn, or a torchvision ResNet (RESNETS) without pretrained weights, adapted to 32x32 as
+    the CIFAR literature does: a 3x3 stride-1 conv1 and no max-pool. The adapted models keep
+    torchvision's module names, so their state_dicts load into torchvision's after the same change."""
     if arch == "simplecnn":
         return SimpleCNN(num_classes)
-    if arch != "resnet18":
+    if arch not in RESNETS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    from torchvision.models import resnet18
-    model = resnet18(weights=None, num_classes=num_classes)
+    import torchvision.models
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     # 32x32 inputs: a 7x7 stride-2 stem and a max-pool would shrink them to 8x8 before layer1.
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

@@ -7,7 +7,10 @@ import re
 import unicodedata
 from pathlib import Path
 
-ARCH_NAMES = {"resnet18": "ResNet-18", "simplecnn": "SimpleCNN"}
+ARCH_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
+              "resnet101": "ResNet-101", "resnet152": "ResNet-152", "wide_resnet50_2": "Wide ResNet-50-2",
+              "wide_resnet101_2": "Wide ResNet-101-2", "resnext50_32x4d": "ResNeXt-50 (32x4d)",
+              "simplecnn": "SimpleCNN"}
 SETTINGS = {  # config.json key -> label in the configuration table, in table order
     "arch": "architecture", "dataset": "dataset", "epochs": "epochs", "batch_size": "batch size",
     "optimizer": "optimizer", "lr": "learning rate", "momentum": "momentum (SGD)",

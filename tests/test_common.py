@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from common import (DeviceLoader, UserError, build_model, channel_stats, crop_flip, cutmix,
+from common import (DEFAULT_CAM_LAYER, DeviceLoader, UserError, build_model, channel_stats, crop_flip, cutmix,
                     normalize, seed_everything)
 
 
@@ -47,6 +47,30 @@ def test_resnet18_checkpoint_loads_into_torchvision(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ours(x), theirs.eval()(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "resnet50", "wide_resnet50_2"])
+def test_other_resnets_load_into_torchvision_train_a_step_and_explain_at_layer4(arch, tmp_path):
+    from gradcam import grad_cam
+    torch.manual_seed(0)
+    ours = build_model(arch, 10)
+    torch.save(ours.state_dict(), tmp_path / "w.pt")
+    theirs = getattr(torchvision.models, arch)(num_classes=10)
+    theirs.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    theirs.maxpool = nn.Identity()
+    theirs.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+    ours.train()
+    opt = torch.optim.SGD(ours.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(ours(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert DEFAULT_CAM_LAYER[arch] == "layer4"
+    maps = grad_cam(ours, ours.layer4, x)
+    assert maps.shape == (4, 32, 32) and maps.amax() <= 1
 
 
 def test_seed_everything_repeats_draws():
