@@ -11,15 +11,15 @@
 Prints images/s, seconds per 50,000-image epoch and the ratios to (a) and to (b) channels_last.
 A benchmark, not a test.
 """
-import argparse
 import itertools
 import time
 
 import torch
 import torch.nn as nn
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, autocast, autocast_mode, build_model,
-                    channel_stats, cli_guard, device_name, load_dataset, resolve_device)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode,
+                    build_model, channel_stats, cli_guard, device_name, load_dataset,
+                    resolve_device)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -126,11 +126,11 @@ def bench(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet18", choices=ARCHS)
+    p = arg_parser(__doc__)
+    p.add_argument("--arch", default="resnet18", choices=ARCHS, help="network")
     p.add_argument("--dataset", default="synthetic", help="any dataset train.py accepts")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-dir", default="data", help="where archives live")
+    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 on CUDA, 1 on CPU)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the reference")

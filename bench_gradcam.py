@@ -11,13 +11,13 @@ correlation between the two maps (pytorch-grad-cam min-max scales each map, grad
 by the maximum: an affine difference, so the correlation should be 1).
 A benchmark, not a test.
 """
-import argparse
 import statistics
 import time
 
 import torch
 
-from common import DEVICE_HELP, UserError, build_model, cli_guard, device_name, resolve_device
+from common import (DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name,
+                    resolve_device)
 from gradcam import grad_cam
 
 CASES = (("resnet18", "layer4"), ("resnet18", "layer3"), ("simplecnn", "relu3"))
@@ -94,13 +94,19 @@ def bench(args):
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = arg_parser(__doc__)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-classes", type=int, default=100)  # the main study's CIFAR-100 head
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images per Grad-CAM call")
+    p.add_argument("--num-classes", type=int, default=100, help="outputs of the random-init heads "
+                   "(the main study's CIFAR-100)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is printed")
+    p.add_argument("--seed", type=int, default=0, help="seeds the models and the images")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1:
         p.error("--batch-size and --repeats must be at least 1")

@@ -3,6 +3,7 @@
 Importing this module does nothing: no downloads, no device queries, no global state.
     from common import build_model, load_dataset, DeviceLoader, cutmix
 """
+import argparse
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,20 @@ import torch.nn.functional as F
 
 class UserError(Exception):
     """A mistake the user can fix; scripts print it as one sentence and exit non-zero."""
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, but not None, False (an off switch) or that of a required flag."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, False) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def arg_parser(doc):
+    """Every script's parser: the first line of its docstring, and each flag's default in --help."""
+    return argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=_DefaultsFormatter)
 
 
 def cli_guard(fn, *args):

@@ -14,16 +14,15 @@ and flips a few tenths of a percent of the predictions, which a grid of accuraci
 saved probabilities cannot: the clean accuracy is always computed in float32, so that it matches
 metrics.json, and corruptions.json records the precision of the cells.
 """
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (DEVICE_HELP, UserError, autocast_mode, cli_guard, dataset_from_config,
-                    device_name, git_commit, load_run, read_json, read_metrics, resolve_device,
-                    save_json, subset_indices)
+from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard,
+                    dataset_from_config, device_name, git_commit, load_run, read_json, read_metrics,
+                    resolve_device, save_json, subset_indices)
 from corrupt import BENCHMARK, NAMES, SEVERITIES, check_choice, corrupt
 from evaluate import predict
 
@@ -31,7 +30,7 @@ from evaluate import predict
 #### Command line: accuracy of a run's checkpoint on every corruption x severity
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder, evaluated with evaluate.py")
     p.add_argument("--corruptions", nargs="+", default=["all"], help=f"'all' or names: {', '.join(NAMES)}")
     p.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), help="from 1 to 5")

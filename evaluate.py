@@ -6,7 +6,6 @@ score, expected calibration error (15 bins) and the reliability-diagram bins (ca
     python evaluate.py --run runs/baseline                 # last epoch (default, honest)
     python evaluate.py --run runs/baseline --checkpoint best   # best-on-test, as the reference
 """
-import argparse
 import time
 from pathlib import Path
 
@@ -14,18 +13,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DEVICE_HELP, DeviceLoader, atomic_write, autocast, cli_guard,
+from common import (DEVICE_HELP, DeviceLoader, arg_parser, atomic_write, autocast, cli_guard,
                     dataset_from_config, load_run, resolve_device, save_json)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder written by train.py")
     # Choosing the epoch by test accuracy peeks at the test set, so "last" is the default.
-    p.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    p.add_argument("--checkpoint", default="last", choices=("last", "best"),
+                   help="final epoch, or the best on test (peeks at the test set)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1024, help="test images per forward pass")
     return p
 
 

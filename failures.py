@@ -8,14 +8,13 @@ Needs runs/<name>/predictions.npz (evaluate.py). Writes runs/<name>/failures.jso
 the selected cases with evidence-based suggestions and hypotheses, a summary) and failures.png.
 Then gradcam.py adds what the network looked at to each case.
 """
-import argparse
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from common import (UserError, cli_guard, dataset_from_config, read_json, read_predictions,
-                    save_figure, save_json)
+from common import (UserError, arg_parser, cli_guard, dataset_from_config, read_json,
+                    read_predictions, save_figure, save_json)
 
 THRESHOLDS = (0.5, 0.9, 0.99)
 
@@ -149,7 +148,7 @@ def plot_gallery(cases, images_u8, title, path, per_row=5):
 #### Command line
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder with predictions.npz from evaluate.py")
     # Five cases: the reference notebook discussed a handful; the second variant asks for >= 3.
     p.add_argument("--num-cases", type=int, default=None, help="distinct cases to select (default 5)")

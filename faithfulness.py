@@ -15,7 +15,6 @@ sample images as the network is re-initialised from the head down; maps that dep
 network learned change a lot. Needs predictions.npz and metrics.json (evaluate.py). Writes
 runs/<name>/faithfulness.json and .png (deletion, insertion and randomisation panels).
 """
-import argparse
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -24,9 +23,9 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, cli_guard, dataset_from_config,
-                    device_name, git_commit, load_run, normalize, read_cases, read_metrics,
-                    read_predictions, resolve_device, save_figure, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard,
+                    dataset_from_config, device_name, git_commit, load_run, normalize, read_cases,
+                    read_metrics, read_predictions, resolve_device, save_figure, save_json)
 from gradcam import find_layer, grad_cam
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
@@ -173,7 +172,7 @@ def summarise(gc, rnd, empty):
 #### Command line
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder evaluated by evaluate.py")
     p.add_argument("--cases", default=None, help="failures.json whose cases to measure "
                    "(default: <run>/failures.json, skipped if missing; another run's file works)")
@@ -183,7 +182,7 @@ def build_parser():
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: gradcam.py's)")
     # RISE's code changes 224 pixels per step of a 224x224 image (224 steps); on 32x32 images 16
     # steps of 64 pixels (6%) still show how fast a curve falls, at 34 forward passes per image.
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=16, help="steps of each deletion/insertion curve")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seeds the sample and the random order")
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")

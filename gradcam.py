@@ -10,7 +10,6 @@ for the true class) and gradcam.npz (the maps, scaled and unscaled), and adds pe
 (mass in the centre, peak, correlation of the two maps, base rates of correctly classified images)
 to failures.json, refreshing automatic hypotheses.
 """
-import argparse
 import bisect
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, atomic_write, cli_guard,
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard,
                     dataset_from_config, load_run, normalize, read_cases, read_json, resolve_device,
                     save_figure, save_json)
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
@@ -259,14 +258,15 @@ def plot(cases, images, maps_pred, maps_true, boxes, layer, title, path, per_ban
 #### Command line
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder with failures.json from failures.py")
     p.add_argument("--cases", default=None, help="failures.json to explain and annotate "
                    "(default: <run>/failures.json)")
     p.add_argument("--layer", default=None, help="any module name of the model "
                    "(default: layer4 for resnet18, relu3 (conv3 rectified) for simplecnn)")
     # Default: the checkpoint evaluate.py used, so the maps explain the predictions analysed.
-    p.add_argument("--checkpoint", default=None, choices=("last", "best"))
+    p.add_argument("--checkpoint", default=None, choices=("last", "best"),
+                   help="default: the one evaluate.py used")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     # Base rates from a fixed sample's correctly classified images: a few seconds on a CPU.

@@ -9,7 +9,6 @@ a \\newcommand), table-*.tex, figures.txt (the figures the report includes), rep
 report/report.tex) and build/ (latexmk's output, with the .fls recorder file); then copies
 build/report.pdf to --out. The same inputs give the same PDF bytes (SOURCE_DATE_EPOCH).
 """
-import argparse
 import csv
 import os
 import re
@@ -18,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import UserError, atomic_write, cli_guard, read_json
+from common import UserError, arg_parser, atomic_write, cli_guard, read_json
 from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
                    dataset_name, improvement_name, p_tex, pct, prose, seconds_text, setting_text,
                    signed, tex_escape)
@@ -358,13 +357,18 @@ def make_report(args):
             "figures": figures}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = arg_parser(__doc__)
     p.add_argument("--study", required=True, help="study folder with baseline/, improved/ and compare/")
     p.add_argument("--out", default=None, help="the PDF to write (default: <study>/report.pdf); "
                    "the LaTeX sources go to report/ next to it")
     # The study's brief allows six pages: a longer report is an error, not a warning.
-    p.add_argument("--max-pages", type=int, default=MAX_PAGES)
+    p.add_argument("--max-pages", type=int, default=MAX_PAGES, help="longest allowed PDF")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.max_pages < 1:
         p.error("--max-pages must be at least 1")

@@ -8,11 +8,10 @@ Sources go to <out dir>/report/ beside the main report's: supplement.tex (a copy
 report/supplement.tex) and supplement-body.tex (every number and sentence, generated here);
 the same inputs give the same PDF bytes, as for report.py.
 """
-import argparse
 import os
 from pathlib import Path
 
-from common import UserError, atomic_write, cli_guard, read_json
+from common import UserError, arg_parser, atomic_write, cli_guard, read_json
 from prose import changed_list, p_tex, pct, signed, tex_escape
 from report import build_pdf, load_extras, source_date, write_text
 
@@ -167,11 +166,15 @@ def make_supplement(args):
     return {"pdf": str(out), "pages": pages}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = arg_parser(__doc__)
     p.add_argument("--study", required=True, help="study folder filled by make study")
     p.add_argument("--out", default=None, help="the PDF (default: <study>/supplement.pdf)")
-    return cli_guard(make_supplement, p.parse_args(argv))
+    return p
+
+
+def main(argv=None):
+    return cli_guard(make_supplement, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ The second variant (CIFAR-10, SimpleCNN, Adam), on the folder copy of CIFAR-10:
     python train.py --name c10-baseline --arch simplecnn --dataset data/cifar10-jpeg \
         --optimizer adam --augment none --epochs 30 --milestones
 """
-import argparse
 import csv
 import io
 import platform
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, atomic_write, autocast,
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
                     autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name,
                     git_commit, load_checkpoint, load_dataset, resolve_device, save_checkpoint,
                     save_figure, save_json, seed_everything)
@@ -31,28 +30,29 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     a = p.add_argument
     # Defaults are the reference notebook's baseline protocol (see ../shared/FACTS.md).
-    a("--arch", default="resnet18", choices=ARCHS)
+    a("--arch", default="resnet18", choices=ARCHS, help="network")
     a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, a folder with "
       "train/<class>/ and test/<class>/ images, or the path of an official-format .tar.gz")
-    a("--epochs", type=int, default=50)
-    a("--batch-size", type=int, default=128)
-    a("--optimizer", default="sgd", choices=("sgd", "adam"))
+    a("--epochs", type=int, default=50, help="training epochs")
+    a("--batch-size", type=int, default=128, help="training images per step")
+    a("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer")
     a("--lr", type=float, default=None, help="default 0.1 for sgd, 1e-3 for adam")
-    a("--momentum", type=float, default=0.9)
-    a("--weight-decay", type=float, default=5e-4)
+    a("--momentum", type=float, default=0.9, help="SGD momentum")
+    a("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     a("--milestones", type=int, nargs="*", default=[25, 40],
       help="epochs at which the lr is multiplied by --gamma (none: constant lr)")
-    a("--gamma", type=float, default=0.1)
-    a("--label-smoothing", type=float, default=0.0)
+    a("--gamma", type=float, default=0.1, help="lr factor at each milestone")
+    a("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
     a("--cutmix-prob", type=float, default=0.0, help="probability that a batch is CutMix-ed")
     a("--cutmix-alpha", type=float, default=1.0, help="Beta(alpha, alpha) for the mixing ratio")
-    a("--augment", default="crop-flip", choices=("crop-flip", "none"))
-    a("--seed", type=int, default=42)
+    a("--augment", default="crop-flip", choices=("crop-flip", "none"),
+      help="random crop (padding 4) and horizontal flip, or none")
+    a("--seed", type=int, default=42, help="seeds data order, augmentation, CutMix, init")
     a("--name", default=None, help="run folder name under --runs-dir (default: arch-dataset-seed)")
-    a("--runs-dir", default="runs")
+    a("--runs-dir", default="runs", help="folder that holds the run folders")
     a("--data-dir", default="data", help="where archives live and decoded folders are cached")
     a("--no-download", action="store_true", help="fail instead of downloading a missing archive")
     a("--device", default="auto", help=DEVICE_HELP)
@@ -63,7 +63,7 @@ def build_parser():
     a("--overwrite", action="store_true", help="replace an existing run of the same name")
     a("--limit-train", type=int, default=None, help="train on a fixed random subset of N images")
     a("--limit-test", type=int, default=None, help="test on a fixed random subset of N images")
-    a("--eval-batch-size", type=int, default=1024)
+    a("--eval-batch-size", type=int, default=1024, help="test images per forward pass")
     return p
 
 

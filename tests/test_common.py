@@ -288,7 +288,24 @@ def test_unavailable_or_unknown_device_is_a_user_error(name, message):
 def test_every_script_takes_any_device_string():
     """No script limits --device to a fixed list ("cuda" and "cpu"): cuda:1 and mps parse."""
     import importlib
-    for script in ("train", "evaluate", "gradcam", "faithfulness", "corruptions", "compare", "bench"):
+    for script in ("train", "evaluate", "gradcam", "faithfulness", "corruptions", "compare", "bench",
+                   "bench_gradcam"):
         parser = importlib.import_module(script).build_parser()
-        action = next(a for a in parser._actions if "--device" in a.option_strings)
-        assert action.choices is None and action.default == "auto", script
+        for action in (a for a in parser._actions if "--device" in a.option_strings):
+            assert action.choices is None and action.default == "auto", script
+
+
+SCRIPTS = ("train", "evaluate", "failures", "gradcam", "faithfulness", "corruptions", "compare",
+           "report", "supplement", "bench", "bench_gradcam")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_has_a_help_line_and_its_default_shows(script, capsys):
+    import importlib
+    parser = importlib.import_module(script).build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert all(a.help for a in flags), [a.option_strings for a in flags if not a.help]
+    text = " ".join(parser.format_help().split())  # help lines wrap anywhere
+    for a in flags:
+        if a.default not in (None, False) and not a.required:
+            assert f"(default: {a.default})" in text, a.option_strings
