@@ -721,16 +721,18 @@ def read_predictions(run_dir):
 CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what every reader of a case needs
 
 
-def read_cases(path, labels, indices, run):
-    """failures.py's file at `path`: (its JSON, its cases), every case holding CASE_FIELDS and
-    naming a test image of `run` by row, index and label (labels, indices: its predictions)."""
+def read_cases(path, labels, indices, run, fields=CASE_FIELDS):
+    """failures.py's file at `path`: (its JSON, its cases), every case holding `fields` (what the
+    caller reads; row, index and true at least) and naming a test image of `run` by row, index and
+    label (labels, indices: its predictions)."""
     data = read_json(path, "failures file")
     cases = data.get("cases")
     redo = f"python failures.py --run {run}"
     if not isinstance(cases, list) or not cases:
         raise UserError(f"{path} has no cases; write it with {redo}")
     for k, case in enumerate(cases):
-        missing = [f for f in CASE_FIELDS if not isinstance(case, dict) or f not in case]
+        missing = [f for f in dict.fromkeys(("index", "row", "true", *fields))
+                   if not isinstance(case, dict) or f not in case]
         if missing:
             raise UserError(f"case {k + 1} of {path} lacks {', '.join(missing)}; write the file "
                             f"again with {redo}")

@@ -11,7 +11,6 @@ accuracy under corruptions, the baseline's failure cases re-checked, provenance)
 high_confidence, per_class, reliability (corruptions, and with --cases gradcam_compare) figures as
 PNG and PDF.
 """
-import argparse
 import functools
 import math
 from pathlib import Path
@@ -21,14 +20,17 @@ import torch
 
 import compare_figures as figures
 import corruptions
-from common import (DEFAULT_CAM_LAYER, UserError, cli_guard, dataset_from_config, git_commit,
-                    load_run, normalize, read_json, resolve_device, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard,
+                    dataset_from_config, git_commit, load_run, normalize, read_cases, read_json,
+                    read_predictions, resolve_device, save_json)
 from evaluate import ECE_BINS, calibration
 from gradcam import grad_cam  # the same maps as gradcam.py's figures
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOP_K = 5  # classes named as largest gains and losses
-SUSPECT_CONFIDENCE = 0.9  # both models at least this sure of the same wrong class: a label to check
+# Label-error suspects: confident learning (Northcutt et al. 2021) per model, kept where both agree.
+SUSPECT_RULE = "confident learning per-class thresholds, both models flag the same class"
+SUSPECT_TOLERANCE = 1e-6  # float32 probabilities: p = t_j on paper may land a few 1e-8 below t_j
 SUSPECTS_SHOWN = 12
 # Keys of config.json that describe a run's bookkeeping or results, not how the model was trained.
 NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_download", "eval_batch_size",
@@ -42,13 +44,10 @@ NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_downloa
 
 def load_side(run):
     """predictions.npz, config.json and metrics.json of one run."""
-    run, path = Path(run), Path(run) / "predictions.npz"
+    run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py and evaluate it first")
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run python evaluate.py --run {run} first")
-    with np.load(path) as f:
-        side = {k: f[k] for k in ("probs", "labels", "indices")}
+    side = read_predictions(run)
     side.update(run=run, config=read_json(run / "config.json", "run config"),
                 metrics=read_json(run / "metrics.json", "metrics"))
     side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
@@ -69,13 +68,64 @@ def check_same_test_set(b, i):
 
 #### Statistics
 
+# B_2j / (2j (2j - 1)): the Stirling series of log(k!) - log(sqrt(2 pi k) (k / e)^k) in 1 / k.
+_STIRLING = (1 / 12, -1 / 360, 1 / 1260, -1 / 1680, 1 / 1188)
+
+
+def _stirling_error(k):
+    """log(k!) - log(sqrt(2 pi k) (k / e)^k) for k >= 1, to a few ulps."""
+    if k < 16:  # lgamma is small here, so subtracting the Stirling terms costs almost nothing
+        return math.lgamma(k + 1) - (k + 0.5) * math.log(k) + k - 0.5 * math.log(2 * math.pi)
+    # From 16 on, the first omitted term (691 / 360360 / k^11) is below 1e-16.
+    return sum(coef / float(k) ** (2 * j + 1) for j, coef in enumerate(_STIRLING))
+
+
+def _deviance(x, mean):
+    """x log(x / mean) + mean - x for x > 0, accurate also where x is near mean."""
+    d, s = x - mean, x + mean
+    if abs(d) > 0.5 * s:  # x > 3 mean or x < mean / 3: the direct form loses only a bit or two
+        return x * math.log(x / mean) + mean - x
+    # Near the mean the direct form cancels; with v = d / s, log(x / mean) = 2 atanh(v) and the
+    # sum is d v + 2x (v^3 / 3 + v^5 / 5 + ...), whose terms shrink at least 4-fold each.
+    v = d / s
+    total, power, j = d * v, 2 * x * v, 1
+    while True:
+        power *= v * v
+        new = total + power / (2 * j + 1)
+        if new == total:
+            return total
+        total, j = new, j + 1
+
+
+def _log_binomial_half(k, n):
+    """log(C(n, k) / 2^n) for 0 < k < n, by Stirling's formula with exact error terms.
+
+    The lgamma difference log n! - log k! - log (n-k)! cancels digits of numbers near n log n,
+    which at n = 10^5 leaves only ~1e-10 relative accuracy; this form keeps ~1e-13 wherever
+    the result is above float underflow (its largest term, the deviance, is below ~745 there).
+    """
+    half = n / 2
+    return (_stirling_error(n) - _stirling_error(k) - _stirling_error(n - k)
+            - _deviance(k, half) - _deviance(n - k, half)
+            + 0.5 * math.log(n / (2 * math.pi * k * (n - k))))
+
+
 def mcnemar_exact_p(b, c):
-    """Two-sided exact McNemar test: binomial test of b successes in b + c trials at p = 0.5."""
-    n = b + c
-    if n == 0:
+    """Two-sided exact McNemar test: binomial test of b successes in b + c trials at p = 0.5,
+    p = min(1, 2 P(X <= min(b, c))) for X ~ Bin(b + c, 1/2), in float arithmetic in O(sqrt(n)).
+    """
+    b, c = int(b), int(c)
+    n, m = b + c, min(b, c)
+    if abs(b - c) <= 1:  # n = 0, or the lower tail holds half the mass or more: exactly 1
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2 ** n)  # exact integer ratio, correctly rounded to a float
+    if m == 0:
+        return math.ldexp(1.0, 1 - n)  # 2 / 2^n, exact down to float underflow
+    # P(X = k - 1) / P(X = k) = k / (n - k + 1), so the tail is P(X = m) times 1 + r_m +
+    # r_m r_{m-1} + ... Its first j products are below exp(-j^2 / n), so 10 sqrt(n) of them
+    # leave out less than n exp(-100) of the sum.
+    k = np.arange(m, max(0, m - 10 * math.isqrt(n) - 10), -1, dtype=np.float64)
+    tail_over_term = 1.0 + float(np.cumprod(k / (n - k + 1)).sum())
+    return min(1.0, math.exp(_log_binomial_half(m, n) + math.log(2 * tail_over_term)))
 
 
 def two_by_two(correct_b, correct_i):
@@ -103,19 +153,67 @@ def bootstrap_ci(corrected, worsened, n, resamples, seed):
     return [round(float(v), 6) for v in np.percentile(diffs, [2.5, 97.5])]
 
 
-def label_error_suspects(b, i, classes, threshold=SUSPECT_CONFIDENCE, listed=50):
-    """Test images on which both models agree, each with confidence >= threshold, on a class other
-    than the label: a share of CIFAR test labels is wrong (Northcutt et al. 2021), and these are
-    the first images to check by eye. Most confident first (by the lower of the two)."""
-    sure = (b["pred"] == i["pred"]) & (b["pred"] != b["labels"]) & (b["conf"] >= threshold) & (i["conf"] >= threshold)
-    rows = np.flatnonzero(sure)
-    rows = rows[np.argsort(-np.minimum(b["conf"][rows], i["conf"][rows]), kind="stable")]
-    return {"threshold": threshold, "count": int(len(rows)), "share": round(len(rows) / len(b["labels"]), 6),
-            "suspects": [{"index": int(b["indices"][r]), "row": int(r), "label": int(b["labels"][r]),
-                          "label_name": classes[b["labels"][r]], "agreed": int(b["pred"][r]),
-                          "agreed_name": classes[b["pred"][r]],
-                          "baseline_confidence": round(float(b["conf"][r]), 4),
-                          "improved_confidence": round(float(i["conf"][r]), 4)} for r in rows[:listed]]}
+def confident_thresholds(probs, labels):
+    """Per class j, the mean p(j) over the images labelled j: the model's own typical confidence
+    in j, so that a label-smoothed model (p rarely above 0.9) is judged on its own scale. A class
+    no image is labelled with has no such estimate: its threshold is inf, so nothing is flagged
+    as belonging to it."""
+    counts = np.bincount(labels, minlength=probs.shape[1])
+    sums = np.bincount(labels, weights=probs[np.arange(len(labels)), labels], minlength=probs.shape[1])
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+
+def confident_class(probs, thresholds):
+    """Per image, the most probable of the classes whose p reaches that class's threshold (the
+    label included, as in the confident joint); -1 where no class reaches its threshold."""
+    passing = probs >= thresholds - SUSPECT_TOLERANCE
+    return np.where(passing.any(1), np.where(passing, probs, -1.0).argmax(1), -1)
+
+
+def label_error_suspects(b, i, classes, listed=50):
+    """Possible label errors, to check by eye: test images whose label both models doubt.
+
+    Each model flags an image labelled i for class j != i when j is its confident class (Northcutt
+    et al. 2021, "Confident Learning": p(j) >= t_j, t_j = the model's mean p(j) on the images
+    labelled j, argmax over the classes that pass). An image is a suspect when both models flag
+    it for the same j. Why both: a single model's flags mix label errors with its own confident
+    mistakes; a wrong test label (never seen in training) leaves any decent model confident in
+    the true class, while two differently trained models' mistakes overlap less, so requiring
+    agreement keeps precision. And as each model is held to its own thresholds, a miscalibrated
+    one (label smoothing, overconfidence) neither vetoes everything nor dominates, as it would if
+    the probabilities were averaged. Ranked by the two models' mean p(label), lowest first
+    (confident learning's "self-confidence"): on real CIFAR-10 predictions with flipped labels its
+    first 50 held more flips than ranking by the margin p(j) - p(label), which favours the shared
+    confident mistakes of overconfident models. Each suspect's baseline_confidence and
+    improved_confidence are the models' p(j); label_confidence is the ranking's mean p(label)."""
+    labels, n = b["labels"], len(b["labels"])
+    thresholds = [confident_thresholds(s["probs"].astype(np.float64), labels) for s in (b, i)]
+    flags = [confident_class(s["probs"].astype(np.float64), t) for s, t in zip((b, i), thresholds)]
+    rows = np.flatnonzero((flags[0] == flags[1]) & (flags[0] >= 0) & (flags[0] != labels))
+    agreed = flags[0][rows]
+    p_b, p_i = (s["probs"][rows, agreed].astype(np.float64) for s in (b, i))
+    p_label = (b["probs"][rows, labels[rows]].astype(np.float64) + i["probs"][rows, labels[rows]]) / 2
+    margin = (p_b + p_i) / 2 - p_label
+    order = np.argsort(p_label, kind="stable")[:listed]
+    return {"rule": suspect_rule(thresholds), "count": int(len(rows)), "share": round(len(rows) / n, 6),
+            "suspects": [{"index": int(b["indices"][r]), "row": int(r), "label": int(labels[r]),
+                          "label_name": classes[labels[r]], "agreed": int(j), "agreed_name": classes[j],
+                          "baseline_confidence": round(float(pb), 4), "improved_confidence": round(float(pi), 4),
+                          "label_confidence": round(float(pl), 4), "margin": round(float(m), 4)}
+                         for r, j, pb, pi, pl, m in zip(rows[order], agreed[order], p_b[order], p_i[order],
+                                                        p_label[order], margin[order])]}
+
+
+def suspect_rule(thresholds):
+    """What the suspects rule was: its name and each model's per-class thresholds (None for a
+    class no test image is labelled with), with their range for a sentence."""
+    def summary(t):
+        known = t[np.isfinite(t)]
+        return {"per_class": [round(float(v), 4) if np.isfinite(v) else None for v in t],
+                "min": round(float(known.min()), 4) if len(known) else None,
+                "max": round(float(known.max()), 4) if len(known) else None}
+    return {"name": SUSPECT_RULE, "reference": "Northcutt et al. 2021, Confident Learning",
+            **dict(zip(("baseline", "improved"), map(summary, thresholds)))}
 
 
 def high_confidence_table(b, i, thresholds=THRESHOLDS):
@@ -157,18 +255,11 @@ def confidence_summary(side, bins):
 
 def recheck_cases(cases_path, b, i, classes):
     """The baseline's failure cases with the improved model's prediction on the same image."""
-    data = read_json(cases_path, "failures file")
-    cases = data.get("cases") if isinstance(data, dict) else None
-    if not cases:
-        raise UserError(f"{cases_path} has no cases; write it with python failures.py --run {b['run']}")
+    _, cases = read_cases(cases_path, b["labels"], b["indices"], b["run"], fields=("pred",))
     out = []
     for case in cases:
-        r = case.get("row", -1)
-        if not (0 <= r < len(b["labels"]) and int(b["indices"][r]) == case.get("index")
-                and int(b["labels"][r]) == case.get("true")):
-            raise UserError(f"{cases_path} does not match the test set of {b['run']}; "
-                            f"re-run python failures.py --run {b['run']}")
-        if int(b["pred"][r]) != case.get("pred"):
+        r = case["row"]
+        if int(b["pred"][r]) != case["pred"]:
             raise UserError(f"{cases_path} was not written from the predictions of {b['run']}; "
                             "pass the baseline's failures.json")
         t, p = case["true"], int(i["pred"][r])
@@ -280,7 +371,7 @@ def gradcam_rows(test_x, b, i, rechecked, device):
 #### Command line
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arg_parser(__doc__)
     p.add_argument("--baseline", required=True, help="baseline run folder (evaluated)")
     p.add_argument("--improved", required=True, help="improved run folder (evaluated)")
     p.add_argument("--cases", default=None, help="the baseline's failures.json to re-check (+ Grad-CAM)")
@@ -288,7 +379,7 @@ def build_parser():
     # 2000 resamples: each limit moves by about 0.03 points (s.d.) between seeds on 10,000 images.
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="for Grad-CAM")
+    p.add_argument("--device", default="auto", help="for Grad-CAM: " + DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the runs' --data-dir (Grad-CAM images)")
     p.add_argument("--seeds", nargs="+", default=None, metavar="DIR",
                    help="folders with baseline/ and improved/, one per seed: mean +/- std")
@@ -299,6 +390,11 @@ def build_parser():
 
 def compare(args):
     out = Path(args.out)
+    if Path(args.baseline).resolve() == Path(args.improved).resolve():
+        raise UserError(f"--baseline and --improved are the same run ({args.baseline}); a run "
+                        "compared with itself has nothing to show")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the comparison's files")
     for run in (args.baseline, args.improved):
         if out.resolve() == Path(run).resolve():
             raise UserError(f"--out {out} is a run folder; write the comparison to its own folder, "

@@ -111,7 +111,8 @@ def plot_reliability(cal, names, out, plt):
 
 
 def plot_suspects(suspects, images, out, plt):
-    """Thumbnails of the most confident suspects: the label and what both models say instead."""
+    """Thumbnails of the first suspects (the label least believed): the label, the class both
+    models flag, and each model's probability of that class."""
     n = len(images)
     ncols = min(n, 6)
     fig, axes = plt.subplots(-(-n // ncols), ncols, figsize=(7, 1.55 * -(-n // ncols) + 0.35),
@@ -120,10 +121,11 @@ def plot_suspects(suspects, images, out, plt):
         ax.axis("off")
     for ax, s, img in zip(axes.flat, suspects["suspects"], images):
         ax.imshow(overlay(img, None), interpolation="nearest")
-        ax.set_title(f"#{s['index']} label {s['label_name']}\nboth say {s['agreed_name']}\n"
+        ax.set_title(f"#{s['index']} label {s['label_name']}\nboth flag {s['agreed_name']}\n"
                      f"p={s['baseline_confidence']:.2f} / {s['improved_confidence']:.2f}", fontsize=6.5, pad=2)
-    fig.suptitle(f"Possible label errors: both models >= {suspects['threshold']:g} sure of the same other class "
-                 f"({suspects['count']} test images; the {n} most confident shown)", fontsize=7.5)
+    fig.suptitle("Possible label errors, to check by eye: both models flag the same other class by confident\n"
+                 f"learning's per-class thresholds ({suspects['count']} test images; the {n} with the label "
+                 "least believed shown)", fontsize=7.5)
     save(fig, out, "suspects", plt)
 
 

@@ -412,33 +412,37 @@ def test_ablation_table_through_the_cli(pair):
 #### Possible label errors
 
 def test_label_error_suspects(tmp_path):
-    labels = np.zeros(8, int)
-    # 0-1: both say 3 (sure: suspects); 2: both say 3 but one at 0.85; 3: they disagree (3 vs 4);
-    # 4: both right; 5-7: both say 5, sure, the second model surest on 6
-    pred_b = np.array([3, 3, 3, 3, 0, 5, 5, 5])
-    pred_i = np.array([3, 3, 3, 4, 0, 5, 5, 5])
-    conf_b = np.array([0.95, 0.99, 0.95, 0.99, 0.99, 0.92, 0.97, 0.91])
-    conf_i = np.array([0.97, 0.93, 0.85, 0.99, 0.99, 0.96, 0.96, 0.99])
+    # Rules in tests/test_label_errors.py; here what compare.py writes. Rows 4-6 (labelled 3) and
+    # 7-8 (labelled 5) are right at 0.9 for both models: t3 = 0.9 for each.
+    labels = np.array([0, 0, 0, 0, 3, 3, 3, 5, 5, 5])
+    # 0, 1, 9: both flag 3 (suspects); 2: the improved model only 0.5 sure of 3, not flagged;
+    # 3: they disagree (3 vs 5); 4-8: both right
+    pred_b = np.array([3, 3, 3, 3, 3, 3, 3, 5, 5, 3])
+    pred_i = np.array([3, 3, 3, 5, 3, 3, 3, 5, 5, 3])
+    conf_b = np.array([0.95, 0.99, 0.95, 0.99, 0.9, 0.9, 0.9, 0.9, 0.9, 0.92])
+    conf_i = np.array([0.97, 0.91, 0.5, 0.99, 0.9, 0.9, 0.9, 0.9, 0.9, 0.96])
     make_run(tmp_path / "base", labels, pred_b, conf_b)
     make_run(tmp_path / "impr", labels, pred_i, conf_i)
     result = run_compare(tmp_path)
     sus = result["label_error_suspects"]
-    assert sus["count"] == 5 and sus["share"] == pytest.approx(5 / 8)
-    # ordered by the lower of the two confidences: 0.96 (6), 0.95 (0), 0.93 (1), 0.92 (5), 0.91 (7)
-    assert [x["index"] for x in sus["suspects"]] == [6, 0, 1, 5, 7]
+    assert sus["count"] == 3 and sus["share"] == pytest.approx(3 / 10)
+    # by the models' mean p(label), lowest first: 0.0044 (0), 0.0056 (1), 0.0067 (9)
+    assert [x["index"] for x in sus["suspects"]] == [0, 1, 9]
     first = sus["suspects"][0]
-    assert (first["label_name"], first["agreed_name"]) == ("c0", "c5")
-    assert (first["baseline_confidence"], first["improved_confidence"]) == (0.97, 0.96)
+    assert (first["label_name"], first["agreed_name"]) == ("c0", "c3")
+    assert (first["baseline_confidence"], first["improved_confidence"]) == (0.95, 0.97)
+    assert sus["rule"]["baseline"]["per_class"][3] == pytest.approx(0.9, abs=1e-4)
+    assert sus["rule"]["name"] == compare.SUSPECT_RULE
     assert sus["figure"] == "suspects" and (tmp_path / "cmp" / "suspects.png").stat().st_size > 0
     assert "suspects" not in result["figures"]  # a supplement's figure, not the report's
 
 
 def test_suspects_listed_without_a_figure_when_images_are_missing(tmp_path, capsys):
-    labels, pred = np.zeros(4, int), np.full(4, 3)
+    labels, pred = np.array([0, 0, 3, 3]), np.full(4, 3)  # both models flag images 0 and 1 for 3
     for name in ("base", "impr"):  # no CIFAR-100 archive in tmp_path
         make_run(tmp_path / name, labels, pred, np.full(4, 0.95), dataset="cifar100")
     result = run_compare(tmp_path)
-    assert result["label_error_suspects"]["count"] == 4 and "figure" not in result["label_error_suspects"]
+    assert result["label_error_suspects"]["count"] == 2 and "figure" not in result["label_error_suspects"]
     assert "note: no suspects figure:" in capsys.readouterr().out
     assert not (tmp_path / "cmp" / "suspects.png").exists()
 

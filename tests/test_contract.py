@@ -98,3 +98,30 @@ def test_data_dir_naming_a_file(run, tmp_path, capsys):
         train.main(["--dataset", "synthetic", "--arch", "simplecnn", "--data-dir", str(a_file),
                     "--runs-dir", str(tmp_path / "runs"), "--name", "x"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_refuses_a_run_with_itself_and_an_out_that_is_a_file(run, tmp_path, capsys):
+    import compare
+    other = copy_run(run, tmp_path / "other")
+    refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(run) + "/",
+                                        "--out", str(tmp_path / "cmp")], "are the same run")
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("keep me")
+    refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(other),
+                                        "--out", str(a_file)], f"--out {a_file} is a file")
+    assert a_file.read_text() == "keep me" and not (tmp_path / "cmp").exists()
+
+
+def test_compare_truncated_predictions_and_case_missing_a_field(run, tmp_path, capsys):
+    import compare
+    bad = copy_run(run, tmp_path / "t")
+    (bad / "predictions.npz").write_bytes((run / "predictions.npz").read_bytes()[:500])
+    refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(bad),
+                                        "--out", str(tmp_path / "c1")], "cannot be read (BadZipFile")
+    other = copy_run(run, tmp_path / "o")
+    data = common.read_json(run / "failures.json", "failures file")
+    del data["cases"][0]["index"]
+    common.save_json(data, tmp_path / "cases.json")
+    refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(other), "--cases",
+                                        str(tmp_path / "cases.json"), "--out", str(tmp_path / "c2")],
+            "case 1 of")
