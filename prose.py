@@ -500,6 +500,7 @@ BEST_FINAL_GAP = 0.01  # best-on-test above final by a point or more: the test s
 HIGH_ECE = 0.05
 OVERFIT_TRAIN_ACC = 0.99
 OVERFIT_LOSS_RISE = 1.1  # final test loss 10% above its minimum
+UNDERFIT_TRAIN_ACC = 0.9  # a baseline below this on its own training batches has not fit the data
 
 
 def _published_gain_check(cmp, cfg_b):
@@ -522,11 +523,16 @@ def _published_gain_check(cmp, cfg_b):
 
 
 def _overfit_check(history):
-    """The baseline near 100\\,\\% on its training batches while its test loss rises."""
+    """The baseline near 100\\,\\% on its training batches while its test loss rises, or far
+    from it (under-fitting: too short a schedule)."""
     if not history:
         return None, None
     last = history[-1]
     low = min(history, key=lambda h: h["test_loss"])
+    if last["train_acc"] < UNDERFIT_TRAIN_ACC:
+        return (f"The baseline ends at only {pct(last['train_acc'], 1)}\\,\\% training accuracy "
+                f"after {last['epoch']} epochs: it under-fits, and a regulariser such as the improvement "
+                "is expected to cost accuracy until training is long enough to fit the data."), None
     if last["train_acc"] >= OVERFIT_TRAIN_ACC and last["test_loss"] >= OVERFIT_LOSS_RISE * low["test_loss"]:
         return (f"The baseline ends at {pct(last['train_acc'], 1)}\\,\\% training accuracy while its test "
                 f"loss rose from {low['test_loss']:.3f} (epoch {low['epoch']}) to {last['test_loss']:.3f}: "

@@ -196,7 +196,7 @@ def test_seeds_sentence_signs_the_mean_difference(mean, text):
 
 #### Checks of the recipe and the coarse-maps limitation
 
-def recipe_data(gain=0.02, dataset="cifar100", cutmix=0.5, train_acc=0.9, losses=(1.0, 0.8, 0.9),
+def recipe_data(gain=0.02, dataset="cifar100", cutmix=0.5, train_acc=0.95, losses=(1.0, 0.8, 0.9),
                 best_final=((0.70, 0.70), (0.72, 0.72)), eces=(0.03, 0.02)):
     history = [{"epoch": e + 1, "train_acc": train_acc, "test_loss": loss} for e, loss in enumerate(losses)]
     cfgs = [{"dataset": dataset, "num_classes": 100, "best_test_accuracy": b, "final_test_accuracy": f,
@@ -268,3 +268,9 @@ def test_randomisation_sentence_passes_fails_or_is_absent():
                          "more than what the networks learned.")
     assert prose.randomisation_sentence({}) == ""
     assert prose.randomisation_sentence(faith((None, 0.1, 0.1), (0.1, 0.1, 0.1))) == ""
+
+
+def test_an_underfitting_baseline_is_flagged():
+    text = prose.recipe_check_sentence(recipe_data(train_acc=0.758, losses=(1.2, 0.9, 0.69)))
+    assert (r"The baseline ends at only 75.8\,\% training accuracy after 3 epochs: it under-fits"
+            in text) and "over-fits" not in text
