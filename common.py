@@ -119,15 +119,16 @@ def cpu_has_native_bf16():
     return False
 
 
-def autocast_mode(device, amp):
-    """(use bf16 autocast?, note or None) for --amp on `device`: CUDA, or a CPU with native bf16.
-    Autocast keeps the loss, BatchNorm statistics, weights and optimizer state in float32."""
+def autocast_mode(device, amp, fallback="training in float32"):
+    """(use bf16 autocast?, note or None) for --amp on `device`: CUDA, or a CPU with native bf16;
+    the note ends with `fallback`, what the caller does instead. Autocast keeps the loss,
+    BatchNorm statistics, weights and optimizer state in float32."""
     if not amp:
         return False, None
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         return True, None
     return False, (f"note: --amp needs CUDA or a CPU with native bf16 (AVX512-BF16, AMX or Arm "
-                   f"BF16), which {device_name(device)} lacks; training in float32")
+                   f"BF16), which {device_name(device)} lacks; {fallback}")
 
 
 def autocast(device, enabled):
@@ -718,7 +719,7 @@ def read_predictions(run_dir):
     return pred
 
 
-CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what every reader of a case needs
+CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what gradcam and faithfulness read
 
 
 def read_cases(path, labels, indices, run, fields=CASE_FIELDS):

@@ -67,9 +67,9 @@ def run_grid(args):
     rows = subset_indices(len(ds.test_y), args.limit_test)
     images, labels = (ds.test_x, ds.test_y) if rows is None else (ds.test_x[rows], ds.test_y[rows])
     images, labels = images.to(device), labels.to(device)
-    use_amp, note = autocast_mode(device, args.amp)
+    use_amp, note = autocast_mode(device, args.amp, "corrupted images in float32")
     if note:
-        print(note.replace("training", "corrupted images"))
+        print(note)
 
     def accuracy(name=None, severity=None):
         hits = 0

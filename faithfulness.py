@@ -66,6 +66,7 @@ def randomisation_test(model, layer_name, images, targets, seed=0):
     arch = type(model).__name__
     trained = grad_cam(model, find_layer(model, layer_name, arch), images, targets).cpu().numpy()
     randomised = deepcopy(model)
+    layer = find_layer(randomised, layer_name, arch)  # the same module, re-initialised in place
     stages = [n for n, m in reversed(list(randomised.named_children()))
               if any(True for _ in m.parameters())]
     result = {"n": len(images), "explained": "the trained model's predicted class",
@@ -77,7 +78,6 @@ def randomisation_test(model, layer_name, images, targets, seed=0):
             for m in getattr(randomised, name).modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()  # BatchNorm's also resets its running statistics
-            layer = find_layer(randomised, layer_name, arch)
             maps = grad_cam(randomised, layer, images, targets).cpu().numpy()
             rho = [spearman(a, b) for a, b in zip(trained, maps)]
             known = [r for r in rho if r is not None]
