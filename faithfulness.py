@@ -318,7 +318,8 @@ def plot_randomisation(ax, rand):
     ax.plot(steps, [1.0] + [np.nan if v is None else v for v in rand["spearman_mean"]], "o-",
             color="#c44e52", lw=1.4, ms=3)
     ax.axhline(0, color="0.45", lw=0.8, ls="--")
-    ax.set(title="randomised from the top down", xticks=list(steps), ylim=(-0.2, 1),
+    low = min([-0.2] + [v - 0.05 for v in rand["spearman_mean"] if v is not None])  # never clip a point
+    ax.set(title="randomised from the top down", xticks=list(steps), ylim=(low, 1),
            xlabel="re-initialised up to")
     ax.set_xticklabels(["none"] + rand["stages"], rotation=60, fontsize=6)
     ax.set_ylabel("rank correlation with\nthe trained maps")
