@@ -28,7 +28,8 @@ ifeq ($(STUDY),resnet18-cifar100)
   EPOCHS ?= 50
   # A shorter schedule scales the lr milestones with it, e.g. EPOCHS=10 MILESTONES="5 8".
   MILESTONES ?=
-  TRAIN_FLAGS := --arch resnet18 --dataset $(DATASET) --epochs $(EPOCHS) \
+  ARCH := resnet18
+  TRAIN_FLAGS := --arch $(ARCH) --dataset $(DATASET) --epochs $(EPOCHS) \
                  $(if $(MILESTONES),--milestones $(MILESTONES))
   BASELINE_FLAGS ?=
   IMPROVED_FLAGS ?= --cutmix-prob 0.5 --label-smoothing 0.1
@@ -36,7 +37,8 @@ ifeq ($(STUDY),resnet18-cifar100)
 else ifeq ($(STUDY),simplecnn-cifar10)
   DATASET ?= cifar10
   EPOCHS ?= 30
-  TRAIN_FLAGS := --arch simplecnn --dataset $(DATASET) --optimizer adam --milestones --epochs $(EPOCHS)
+  ARCH := simplecnn
+  TRAIN_FLAGS := --arch $(ARCH) --dataset $(DATASET) --optimizer adam --milestones --epochs $(EPOCHS)
   BASELINE_FLAGS ?= --augment none
   IMPROVED_FLAGS ?= --augment crop-flip
   NUM_CASES ?= 3
@@ -44,7 +46,8 @@ else ifeq ($(STUDY),smoke)
   DATASET := synthetic
   # CutMix + label smoothing needs about 8 epochs to take off on the synthetic set.
   EPOCHS ?= 12
-  TRAIN_FLAGS := --arch simplecnn --dataset synthetic --optimizer adam --milestones \
+  ARCH := simplecnn
+  TRAIN_FLAGS := --arch $(ARCH) --dataset synthetic --optimizer adam --milestones \
                  --batch-size 64 --epochs $(EPOCHS)
   BASELINE_FLAGS ?=
   IMPROVED_FLAGS ?= --cutmix-prob 0.5 --label-smoothing 0.1
@@ -76,10 +79,27 @@ ifneq ($(filter ablation,$(MAKECMDGOALS)),)
   endif
 endif
 
+# Two models trained elsewhere instead of training here: make all BASELINE_WEIGHTS=a.pth
+# IMPROVED_WEIGHTS=b.pth (for the study's ARCH and DATASET; IMPORT_FLAGS="--mean R G B --std R G B").
+BASELINE_WEIGHTS ?=
+IMPROVED_WEIGHTS ?=
+IMPORT_FLAGS ?=
+IMPORTED := $(if $(BASELINE_WEIGHTS)$(IMPROVED_WEIGHTS),yes)
+ifeq ($(IMPORTED),yes)
+  ifeq ($(and $(BASELINE_WEIGHTS),$(IMPROVED_WEIGHTS)),)
+    $(error give both BASELINE_WEIGHTS and IMPROVED_WEIGHTS: a study compares two imported models)
+  endif
+  ifneq ($(filter seeds ablation,$(MAKECMDGOALS)),)
+    $(error seeds and ablation train models; they do not apply to imported weights)
+  endif
+  $(foreach w,BASELINE_WEIGHTS IMPROVED_WEIGHTS,$(if $(wildcard $($(w))),,$(error $(w)=$($(w)) does not exist)))
+endif
+
 # The study's folder is named for its recipe and its data: runs/resnet18-cifar100 by default,
-# runs/resnet18-cifar10-jpeg for the same recipe with DATASET=data/cifar10-jpeg.
+# runs/resnet18-cifar10-jpeg for the same recipe with DATASET=data/cifar10-jpeg, and
+# runs/resnet18-cifar100-imported for imported weights (never mixed with models trained here).
 DATA_NAME := $(notdir $(patsubst %/,%,$(patsubst %.tar.gz,%,$(DATASET))))
-S := $(RUNS_DIR)/$(if $(filter smoke,$(STUDY)),smoke,$(firstword $(subst -, ,$(STUDY)))-$(DATA_NAME))
+S := $(RUNS_DIR)/$(if $(filter smoke,$(STUDY)),smoke,$(firstword $(subst -, ,$(STUDY)))-$(DATA_NAME))$(if $(IMPORTED),-imported)
 # A run folder's name says what it trains: <role> or seed<N>/<role>.
 role_flags = $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(if $(filter improved,$(1)),$(IMPROVED_FLAGS),$(ABLATION_FLAGS_$(1))))
 seed_of = $(patsubst seed%,%,$(filter seed%,$(subst /, ,$(1))))
@@ -94,6 +114,10 @@ B := $(S)/baseline
 CMP := $(S)/compare
 PDF := $(S)/report.pdf
 SUPP := $(S)/supplement.pdf
+# The report and its supplement read the same files; make seeds / make ablation results enter
+# both when they exist.
+ANALYSIS := $(CMP)/comparison.json $(B)/gradcam.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
+REPORT_INPUTS := $(ANALYSIS) $(wildcard $(S)/seeds/seeds.json $(S)/ablation/ablation.json)
 
 .PHONY: help env test all study analysis smoke report seeds ablation bench clean clean-all FORCE
 
@@ -102,6 +126,7 @@ help:
 	@echo "make all                  set up and run the study: train -> evaluate -> failures -> gradcam"
 	@echo "                          -> corruptions, faithfulness -> compare -> report ($(PDF))"
 	@echo "make all STUDY=simplecnn-cifar10 DATASET=data/cifar10-jpeg   the second variant"
+	@echo "make all BASELINE_WEIGHTS=a.pth IMPROVED_WEIGHTS=b.pth   the study of two models trained elsewhere"
 	@echo "make smoke                the whole chain on synthetic data on a CPU (runs/smoke)"
 	@echo "make report               the PDF of the study's current runs and its supplement (LaTeX)"
 	@echo "make analysis             the whole study but the PDFs (a GPU machine without LaTeX)"
@@ -110,7 +135,7 @@ help:
 	@echo "make bench                training throughput: reference pipeline vs this one"
 	@echo "make clean                remove the smoke run and caches; clean-all also removes runs/"
 	@echo "variables: STUDY DATA_DIR RUNS_DIR DEVICE EPOCHS MILESTONES DATASET CHECKPOINT EXTRA_FLAGS PY"
-	@echo "           HYPOTHESES CORRUPT_FLAGS FAITH_FLAGS SEEDS"
+	@echo "           HYPOTHESES CORRUPT_FLAGS FAITH_FLAGS SEEDS BASELINE_WEIGHTS IMPROVED_WEIGHTS IMPORT_FLAGS"
 
 env: $(ENV)
 $(VENV)/.installed: requirements.txt
@@ -127,8 +152,8 @@ smoke:
 	$(MAKE) study STUDY=smoke
 study: $(PDF) $(SUPP)
 # Everything but the PDFs, for a GPU machine without LaTeX: make report later where LaTeX is.
-analysis: $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
-report: $(PDF) $(SUPP)
+analysis: $(ANALYSIS)
+report: study
 ifeq ($(S),$(RUNS_DIR)/resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
 endif
@@ -145,36 +170,60 @@ $(S)/%/config.json: $(S)/%.flags | $(ENV)
 	set -x; $(PY) train.py --name $* --runs-dir $(S) --data-dir $(DATA_DIR) --device $(DEVICE) \
 	  $$mode $$( [ $$mode = --resume ] || cat $< )
 
-$(S)/%/metrics.json: $(S)/%/config.json evaluate.py | $(ENV)
+# What each step's output depends on: its script and every project module the script imports
+# (training excepted, above). Editing common.py re-runs every step from evaluation on.
+EVALUATE := evaluate.py common.py
+FAILURES := failures.py common.py
+GRADCAM := gradcam.py failures.py common.py
+CORRUPTIONS := corruptions.py corrupt.py evaluate.py common.py
+FAITHFULNESS := faithfulness.py gradcam.py failures.py common.py
+COMPARE := compare.py compare_figures.py corruptions.py corrupt.py evaluate.py gradcam.py failures.py common.py
+REPORT := report/report.py report/prose.py report/report.tex common.py
+SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
+
+$(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)
 	$(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
+# An imported model's run folder: evaluate.py writes config.json and last.pt, then evaluates.
+ifeq ($(IMPORTED),yes)
+define import_rule
+$(S)/$(1)/metrics.json: $(2) $(EVALUATE) | $(ENV)
+	$(PY) evaluate.py --weights $(2) --arch $(ARCH) --dataset $(DATASET) --run $$(@D) --overwrite \
+	  --data-dir $(DATA_DIR) --device $(DEVICE) $(IMPORT_FLAGS)
+endef
+$(eval $(call import_rule,baseline,$(BASELINE_WEIGHTS)))
+$(eval $(call import_rule,improved,$(IMPROVED_WEIGHTS)))
+endif
+
 # The failure analysis and the explanations concern the baseline; compare.py re-checks its cases.
-# gradcam.py writes its evidence into failures.json before gradcam.npz, so the pair stays current.
-$(B)/failures.json: $(B)/metrics.json failures.py $(HYPOTHESES) | $(ENV)
+# gradcam.py reads failures.json and writes gradcam.npz, gradcam.png, then gradcam.json (the target).
+$(B)/failures.json: $(B)/metrics.json $(FAILURES) $(HYPOTHESES) | $(ENV)
 	$(PY) failures.py --run $(B) --num-cases $(NUM_CASES) $(if $(HYPOTHESES),--hypotheses $(HYPOTHESES))
 
-$(B)/gradcam.npz: $(B)/failures.json gradcam.py | $(ENV)
+$(B)/gradcam.json: $(B)/failures.json $(GRADCAM) | $(ENV)
 	$(PY) gradcam.py --run $(B) --device $(DEVICE)
 
 # Stress tests of each model: the corruption grid, and how faithful its Grad-CAM maps are (on a
 # test sample and on the baseline's cases, so both models are scored on the same images).
-$(S)/%/corruptions.json: $(S)/%/metrics.json corruptions.py corrupt.py | $(ENV)
+$(S)/%/corruptions.json: $(S)/%/metrics.json $(CORRUPTIONS) | $(ENV)
 	$(PY) corruptions.py --run $(@D) --device $(DEVICE) $(CORRUPT_FLAGS)
 
-$(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/gradcam.npz faithfulness.py | $(ENV)
+$(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/failures.json $(FAITHFULNESS) | $(ENV)
 	$(PY) faithfulness.py --run $(@D) --cases $(B)/failures.json --device $(DEVICE) $(FAITH_FLAGS)
 
-$(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.npz compare.py \
-                        compare_figures.py $(B)/corruptions.json $(S)/improved/corruptions.json | $(ENV)
+$(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.json \
+                        $(B)/corruptions.json $(S)/improved/corruptions.json $(COMPARE) | $(ENV)
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --cases $(B)/failures.json \
 	  --out $(CMP) --device $(DEVICE)
 
-# make seeds / make ablation results enter the report when they exist.
-$(PDF): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json report.py \
-        prose.py report/report.tex $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
-	$(PY) report.py --study $(S) --out $@
+$(PDF): $(REPORT_INPUTS) $(REPORT) | $(ENV)
+	$(PY) report/report.py --study $(S) --out $@
 
-# Seeds and ablation: train and evaluate what is missing, then summarise in comparison.json.
+# What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
+$(SUPP): $(REPORT_INPUTS) $(SUPPLEMENT) | $(ENV)
+	$(PY) report/supplement.py --study $(S) --out $@
+
+# Seeds and ablation: train and evaluate what is missing, then summarise: seeds.json, ablation.json.
 seeds: $(foreach s,$(SEEDS),$(call seed_dir,$(s))/baseline/metrics.json $(call seed_dir,$(s))/improved/metrics.json) | $(ENV)
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --out $(S)/seeds \
 	  --seeds $(foreach s,$(SEEDS),$(call seed_dir,$(s))) --device $(DEVICE)
@@ -183,13 +232,8 @@ ablation: $(foreach r,baseline improved $(ABLATIONS),$(S)/$(r)/metrics.json) | $
 	$(PY) compare.py --baseline $(B) --improved $(S)/improved --out $(S)/ablation \
 	  --ablation $(foreach r,$(ABLATIONS),$(S)/$(r)) --device $(DEVICE)
 
-# What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
-$(SUPP): $(CMP)/comparison.json $(B)/faithfulness.json $(S)/improved/faithfulness.json supplement.py prose.py \
-         report/supplement.tex $(wildcard $(S)/seeds/comparison.json $(S)/ablation/comparison.json) | $(ENV)
-	$(PY) supplement.py --study $(S) --out $@
-
 bench: $(ENV)
-	$(PY) bench.py --device $(DEVICE)
+	$(PY) tools/bench.py --device $(DEVICE)
 
 # Generated files only: checkpoints of real runs stay unless asked for with clean-all.
 clean:
@@ -200,4 +244,4 @@ clean-all: clean
 	rm -rf $(RUNS_DIR)
 
 .PRECIOUS: $(S)/%.flags $(S)/%/config.json $(S)/%/metrics.json $(S)/%/corruptions.json \
-           $(B)/failures.json
+           $(B)/failures.json $(B)/gradcam.json

@@ -142,7 +142,8 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        cores, threads = os.cpu_count(), torch.get_num_threads()
+        return f"cpu ({cores} core{'s' * (cores != 1)}, {threads} thread{'s' * (threads != 1)})"
     return str(device)
 
 
@@ -210,7 +211,8 @@ def load_checkpoint(path):
 # Which script writes each JSON file of a run or study folder: errors name it.
 PRODUCERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
              "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
-             "comparison.json": "compare.py"}
+             "comparison.json": "compare.py", "gradcam.json": "gradcam.py", "seeds.json": "compare.py",
+             "ablation.json": "compare.py"}
 
 
 def read_json(path, what, expect=dict):
@@ -679,6 +681,9 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
         raise UserError(f"{run_dir} has not finished training (no config.json yet); continue it "
                         f"with: python train.py --resume --name {run_dir.name} --runs-dir {run_dir.parent}")
     config = read_json(run_dir / "config.json", "run config")
+    if config.get("imported") and checkpoint != "last":
+        raise UserError(f"{run_dir} holds imported weights only (last.pt): it has no {checkpoint}.pt; "
+                        "use --checkpoint last")
     ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
     model = build_model(config["arch"], config["num_classes"])
     try:
@@ -690,12 +695,117 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
     return model.to(device).eval(), config, ckpt
 
 
+# Where saved files keep the weights (PyTorch tutorials, this project, Lightning, ad-hoc scripts),
+# and the prefixes wrappers add to every key: DataParallel/DDP, torch.compile, Lightning modules.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def find_state_dict(obj, path):
+    """The weights inside a checkpoint loaded by load_checkpoint: (state_dict, how it was found).
+
+    A bare state_dict or one under a key of STATE_DICT_KEYS (one level of nesting deeper too),
+    with the WRAPPER_PREFIXES that every key shares removed, in any order and combination."""
+    found, where = None, "a bare state_dict"
+    if _is_state_dict(obj):
+        found = obj
+    elif isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if not _is_state_dict(inner) and isinstance(inner, dict):
+                inner = next((inner[k] for k in STATE_DICT_KEYS if _is_state_dict(inner.get(k))), None)
+            if _is_state_dict(inner):
+                found, where = inner, f"the state_dict under {key!r}"
+                break
+    if found is None:
+        keys = ", ".join(map(repr, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"{path} holds no state_dict (found {keys or 'an empty dict'}); give a file "
+                        f"with a bare state_dict or one under {', '.join(map(repr, STATE_DICT_KEYS))}")
+    stripped = []
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in found)), None):
+        found = {k[len(prefix):]: v for k, v in found.items()}
+        stripped.append(prefix)
+    if stripped:
+        where += ", prefix " + " + ".join(repr(p) for p in stripped) + " removed"
+    return found, where
+
+
+def state_dict_mismatch(model, state_dict):
+    """One clause saying how state_dict differs from model's (missing, unexpected keys, shapes), or None."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    shapes = [f"{k} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} expected"
+              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+
+    def few(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    parts = ([f"{len(missing)} keys missing ({few(missing)})"] if missing else []) + \
+            ([f"{len(extra)} unexpected ({few(extra)})"] if extra else []) + \
+            ([f"shapes differ: {few(shapes)}"] if shapes else [])
+    return "; ".join(parts) or None
+
+
+def weights_fingerprint(model):
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes) in key order:
+    evaluate.py records it, later steps compare it instead of re-checking predictions."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_evaluated(run_dir, device="cpu"):
+    """The model whose predictions evaluate.py wrote (the checkpoint metrics.json names), checked by
+    its weights' fingerprint: (model in eval mode, config, checkpoint dict, metrics)."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    checkpoint = metrics.get("checkpoint", "last")
+    model, config, ckpt = load_run(run_dir, checkpoint, device)
+    if weights_fingerprint(model) != metrics.get("weights_sha256"):
+        raise UserError(f"{run_dir / (checkpoint + '.pt')} holds other weights than evaluate.py evaluated "
+                        f"(retrained or replaced since, or metrics.json is older than this check); "
+                        f"re-run python evaluate.py --run {run_dir} and the steps after it")
+    return model, config, ckpt, metrics
+
+
+# What later steps read from metrics.json (compare.py reads calibration and per-class accuracy here
+# rather than recomputing them).
+METRIC_KEYS = ("test_accuracy", "per_class_accuracy", "nll", "brier", "ece", "reliability", "checkpoint")
+
+
 def read_metrics(run_dir):
     """evaluate.py's metrics.json of a run: its "checkpoint" names the model the predictions came from."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist; run python evaluate.py --run {run_dir} first")
-    return read_json(path, "metrics")
+    metrics = read_json(path, "metrics")
+    missing = [k for k in METRIC_KEYS if k not in metrics]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)} (written by an older evaluate.py?); "
+                        f"re-run python evaluate.py --run {run_dir}")
+    return metrics
+
+
+def _read_npz(path, keys, script, run_dir):
+    """The arrays `keys` of a .npz file that `script` writes for run_dir; missing or unreadable
+    (truncated, another program's) is a UserError saying what to run."""
+    redo = f"run python {script} --run {run_dir}"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; {redo} first")
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: truncated or not {script}'s); "
+                        f"{redo} again") from None
 
 
 def read_predictions(run_dir):
@@ -703,14 +813,7 @@ def read_predictions(run_dir):
     whose shapes agree; a missing, truncated or inconsistent file is a UserError."""
     path = Path(run_dir) / "predictions.npz"
     redo = f"run python evaluate.py --run {run_dir}"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; {redo} first")
-    try:
-        with np.load(path) as f:
-            pred = {k: f[k] for k in ("probs", "labels", "indices")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: truncated or not evaluate.py's); "
-                        f"{redo} again") from None
+    pred = _read_npz(path, ("probs", "labels", "indices"), "evaluate.py", run_dir)
     n = len(pred["labels"])
     if (pred["probs"].ndim != 2 or len(pred["probs"]) != n or pred["labels"].ndim != 1
             or pred["indices"].shape != (n,)):
@@ -722,10 +825,11 @@ def read_predictions(run_dir):
 CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what gradcam and faithfulness read
 
 
-def read_cases(path, labels, indices, run, fields=CASE_FIELDS):
+def read_cases(path, labels, indices, run, fields=CASE_FIELDS, probs=None):
     """failures.py's file at `path`: (its JSON, its cases), every case holding `fields` (what the
     caller reads; row, index and true at least) and naming a test image of `run` by row, index and
-    label (labels, indices: its predictions)."""
+    label (labels, indices: its predictions). With probs (the run's predictions.npz), the cases must
+    have been selected from these very predictions: each case's pred and confidence are the run's."""
     data = read_json(path, "failures file")
     cases = data.get("cases")
     redo = f"python failures.py --run {run}"
@@ -741,7 +845,42 @@ def read_cases(path, labels, indices, run, fields=CASE_FIELDS):
         if not (isinstance(r, int) and 0 <= r < len(labels) and int(indices[r]) == case["index"]
                 and int(labels[r]) == case["true"]):
             raise UserError(f"{path} does not match the test set of {run}; re-run {redo}")
+        if probs is not None and (case.get("pred") != int(probs[r].argmax()) or abs(
+                case.get("confidence", probs[r].max()) - float(probs[r].max())) > 1e-5):
+            raise UserError(f"{path} was not written from the predictions of {run} (case {k + 1}'s "
+                            f"prediction or confidence differs); re-run {redo}, or pass that run's own "
+                            "failures.json")
     return data, cases
+
+
+def read_gradcam(run, cases):
+    """gradcam.py's gradcam.json of a run, checked to explain exactly `cases` (failures.json's, in
+    order); its cases in that order."""
+    path = Path(run) / "gradcam.json"
+    redo = f"python gradcam.py --run {run}"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; {redo} writes the Grad-CAM evidence of the cases")
+    data = read_json(path, "Grad-CAM results")
+    explained = data.get("cases")
+    if not isinstance(explained, list) or [c.get("index") if isinstance(c, dict) else None
+                                           for c in explained] != [c["index"] for c in cases]:
+        raise UserError(f"{path} does not explain the cases of failures.json (it is older, or made "
+                        f"for other cases); re-run {redo}")
+    return data
+
+
+def read_gradcam_maps(run, indices, layer, checkpoint):
+    """gradcam.py's gradcam.npz of a run: the scaled maps (N, H, W) for the predicted and the true
+    class of the cases with these test indices, made at `layer` with `checkpoint`."""
+    path = Path(run) / "gradcam.npz"
+    redo = f"re-run python gradcam.py --run {run}"
+    got = _read_npz(path, ("maps_pred", "maps_true", "indices", "layer", "checkpoint"), "gradcam.py", run)
+    if (list(got["indices"]) != list(indices) or str(got["layer"]) != layer
+            or str(got["checkpoint"]) != checkpoint or got["maps_pred"].shape != got["maps_true"].shape
+            or len(got["maps_pred"]) != len(indices)):
+        raise UserError(f"{path} holds maps of other cases, another layer or another checkpoint "
+                        f"(wanted {len(indices)} cases at {layer}, {checkpoint}); {redo}")
+    return torch.from_numpy(got["maps_pred"]), torch.from_numpy(got["maps_true"])
 
 
 def dataset_from_config(config, data_dir=None):

@@ -9,22 +9,27 @@ Needs each run's predictions.npz and metrics.json (evaluate.py); uses both runs'
 exact test, paired bootstrap interval, high-confidence errors, calibration, per-class changes,
 accuracy under corruptions, the baseline's failure cases re-checked, provenance) and confidence,
 high_confidence, per_class, reliability (corruptions, and with --cases gradcam_compare) figures as
-PNG and PDF.
+PNG and PDF. Calibration and per-class accuracy are metrics.json's, not recomputed.
+
+    python compare.py --baseline B --improved I --seeds runs/s runs/s/seed43 --out runs/s/seeds
+    python compare.py --baseline B --improved I --ablation runs/s/cutmix-only --out runs/s/ablation
+
+With --seeds (make seeds) or --ablation (make ablation) only that summary is made, into
+seeds.json or ablation.json in --out: the full comparison of the main pair is comparison.json's.
 """
 import functools
 import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import compare_figures as figures
 import corruptions
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard,
-                    dataset_from_config, git_commit, load_run, normalize, read_cases, read_json,
-                    read_predictions, resolve_device, save_json)
-from evaluate import ECE_BINS, calibration
-from gradcam import grad_cam  # the same maps as gradcam.py's figures
+from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, dataset_from_config, git_commit,
+                    load_evaluated, normalize, read_cases, read_gradcam, read_gradcam_maps, read_json,
+                    read_metrics, read_predictions, resolve_device, save_json)
+from evaluate import ECE_BINS
+from gradcam import find_layer, grad_cam  # the same maps as gradcam.py's figures
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOP_K = 5  # classes named as largest gains and losses
@@ -36,7 +41,8 @@ SUSPECTS_SHOWN = 12
 NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_download", "eval_batch_size",
                 "mean", "std", "n_train", "n_test", "git_commit", "torch_version",
                 "torchvision_version", "python_version", "device_name", "status", "wall_seconds",
-                "final_test_accuracy", "best_test_accuracy", "best_epoch", "train_images_per_second"}
+                "final_test_accuracy", "best_test_accuracy", "best_epoch", "train_images_per_second",
+                "imported"}
 
 
 
@@ -48,22 +54,33 @@ def load_side(run):
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py and evaluate it first")
     side = read_predictions(run)
-    side.update(run=run, config=read_json(run / "config.json", "run config"),
-                metrics=read_json(run / "metrics.json", "metrics"))
+    side.update(run=run, config=read_json(run / "config.json", "run config"), metrics=read_metrics(run))
     side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
     side["correct"] = side["pred"] == side["labels"]
     return side
 
 
-def check_same_test_set(b, i):
-    if (b["labels"].shape != i["labels"].shape or not np.array_equal(b["labels"], i["labels"])
-            or not np.array_equal(b["indices"], i["indices"])):
-        raise UserError(f"{b['run']} and {i['run']} were not evaluated on the same test set "
-                        f"({len(b['labels'])} vs {len(i['labels'])} images, or different indices "
+def check_same_test_set(base, impr):
+    if (base["labels"].shape != impr["labels"].shape or not np.array_equal(base["labels"], impr["labels"])
+            or not np.array_equal(base["indices"], impr["indices"])):
+        raise UserError(f"{base['run']} and {impr['run']} were not evaluated on the same test set "
+                        f"({len(base['labels'])} vs {len(impr['labels'])} images, or different indices "
                         "or labels); compare runs with the same --dataset and --limit-test")
-    if b["config"]["classes"] != i["config"]["classes"]:
-        raise UserError(f"{b['run']} and {i['run']} have different class lists; "
+    if base["config"]["classes"] != impr["config"]["classes"]:
+        raise UserError(f"{base['run']} and {impr['run']} have different class lists; "
                         "they were trained on different datasets")
+    # Same labels can still be other images (CIFAR-10's archive and a JPEG copy of it): the
+    # datasets must be the same one, a path counting as the folder or file it names.
+    names = [dataset_identity(s["config"]["dataset"]) for s in (base, impr)]
+    if names[0] != names[1]:
+        raise UserError(f"{base['run']} and {impr['run']} were evaluated on different datasets "
+                        f"({base['config']['dataset']} vs {impr['config']['dataset']}); compare runs "
+                        "of one --dataset")
+
+
+def dataset_identity(name):
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else str(name)
 
 
 #### Statistics
@@ -170,7 +187,7 @@ def confident_class(probs, thresholds):
     return np.where(passing.any(1), np.where(passing, probs, -1.0).argmax(1), -1)
 
 
-def label_error_suspects(b, i, classes, listed=50):
+def label_error_suspects(base, impr, classes, listed=50):
     """Possible label errors, to check by eye: test images whose label both models doubt.
 
     Each model flags an image labelled i for class j != i when j is its confident class (Northcutt
@@ -186,17 +203,17 @@ def label_error_suspects(b, i, classes, listed=50):
     first 50 held more flips than ranking by the margin p(j) - p(label), which favours the shared
     confident mistakes of overconfident models. Each suspect's baseline_confidence and
     improved_confidence are the models' p(j); label_confidence is the ranking's mean p(label)."""
-    labels, n = b["labels"], len(b["labels"])
-    thresholds = [confident_thresholds(s["probs"].astype(np.float64), labels) for s in (b, i)]
-    flags = [confident_class(s["probs"].astype(np.float64), t) for s, t in zip((b, i), thresholds)]
+    labels, n = base["labels"], len(base["labels"])
+    thresholds = [confident_thresholds(s["probs"].astype(np.float64), labels) for s in (base, impr)]
+    flags = [confident_class(s["probs"].astype(np.float64), t) for s, t in zip((base, impr), thresholds)]
     rows = np.flatnonzero((flags[0] == flags[1]) & (flags[0] >= 0) & (flags[0] != labels))
     agreed = flags[0][rows]
-    p_b, p_i = (s["probs"][rows, agreed].astype(np.float64) for s in (b, i))
-    p_label = (b["probs"][rows, labels[rows]].astype(np.float64) + i["probs"][rows, labels[rows]]) / 2
+    p_b, p_i = (s["probs"][rows, agreed].astype(np.float64) for s in (base, impr))
+    p_label = (base["probs"][rows, labels[rows]].astype(np.float64) + impr["probs"][rows, labels[rows]]) / 2
     margin = (p_b + p_i) / 2 - p_label
     order = np.argsort(p_label, kind="stable")[:listed]
     return {"rule": suspect_rule(thresholds), "count": int(len(rows)), "share": round(len(rows) / n, 6),
-            "suspects": [{"index": int(b["indices"][r]), "row": int(r), "label": int(labels[r]),
+            "suspects": [{"index": int(base["indices"][r]), "row": int(r), "label": int(labels[r]),
                           "label_name": classes[labels[r]], "agreed": int(j), "agreed_name": classes[j],
                           "baseline_confidence": round(float(pb), 4), "improved_confidence": round(float(pi), 4),
                           "label_confidence": round(float(pl), 4), "margin": round(float(m), 4)}
@@ -216,26 +233,24 @@ def suspect_rule(thresholds):
             **dict(zip(("baseline", "improved"), map(summary, thresholds)))}
 
 
-def high_confidence_table(b, i, thresholds=THRESHOLDS):
+def high_confidence_table(base, impr, thresholds=THRESHOLDS):
     """Wrong predictions with max-softmax >= t, per threshold; rates over all test images."""
-    n, rows = len(b["labels"]), []
+    n, rows = len(base["labels"]), []
     for t in thresholds:
-        nb = int(((b["conf"] >= t) & ~b["correct"]).sum())
-        ni = int(((i["conf"] >= t) & ~i["correct"]).sum())
+        nb = int(((base["conf"] >= t) & ~base["correct"]).sum())
+        ni = int(((impr["conf"] >= t) & ~impr["correct"]).sum())
         rows.append({"threshold": t, "baseline": nb, "improved": ni,
                      "baseline_rate": round(nb / n, 6), "improved_rate": round(ni / n, 6),
                      "reduction": nb - ni, "relative_reduction": round((nb - ni) / nb, 6) if nb else None})
     return rows
 
 
-def per_class_changes(b, i, classes):
-    """Accuracy of each class for both models and its change (None for a class with no test image)."""
-    rows = []
+def per_class_changes(base, impr, classes):
+    """Accuracy of each class for both models (metrics.json's) and its change (None for a class
+    with no test image)."""
+    rows, counts = [], np.bincount(base["labels"], minlength=len(classes))
     for c, name in enumerate(classes):
-        mask = b["labels"] == c
-        k = int(mask.sum())
-        acc_b = round(float(b["correct"][mask].mean()), 6) if k else None
-        acc_i = round(float(i["correct"][mask].mean()), 6) if k else None
+        k, acc_b, acc_i = int(counts[c]), *(s["metrics"]["per_class_accuracy"][c] for s in (base, impr))
         rows.append({"class": c, "name": name, "n": k, "baseline": acc_b, "improved": acc_i,
                      "change": round(acc_i - acc_b, 6) if k else None})
     ranked = sorted((r for r in rows if r["n"]), key=lambda r: (r["change"], r["class"]))
@@ -253,46 +268,44 @@ def confidence_summary(side, bins):
     return out
 
 
-def recheck_cases(cases_path, b, i, classes):
+def recheck_cases(cases_path, base, impr, classes):
     """The baseline's failure cases with the improved model's prediction on the same image."""
-    _, cases = read_cases(cases_path, b["labels"], b["indices"], b["run"], fields=("pred",))
+    _, cases = read_cases(cases_path, base["labels"], base["indices"], base["run"], fields=("pred",),
+                          probs=base["probs"])
     out = []
     for case in cases:
         r = case["row"]
-        if int(b["pred"][r]) != case["pred"]:
-            raise UserError(f"{cases_path} was not written from the predictions of {b['run']}; "
-                            "pass the baseline's failures.json")
-        t, p = case["true"], int(i["pred"][r])
+        t, p = case["true"], int(impr["pred"][r])
         out.append({"index": case["index"], "row": r, "true": t, "true_name": classes[t],
                     "baseline_pred": case["pred"], "baseline_pred_name": classes[case["pred"]],
-                    "baseline_confidence": round(float(b["conf"][r]), 6),
-                    "baseline_true_prob": round(float(b["probs"][r, t]), 6),
+                    "baseline_confidence": round(float(base["conf"][r]), 6),
+                    "baseline_true_prob": round(float(base["probs"][r, t]), 6),
                     "improved_pred": p, "improved_pred_name": classes[p],
-                    "improved_confidence": round(float(i["conf"][r]), 6),
-                    "improved_true_prob": round(float(i["probs"][r, t]), 6), "fixed": p == t})
+                    "improved_confidence": round(float(impr["conf"][r]), 6),
+                    "improved_true_prob": round(float(impr["probs"][r, t]), 6), "fixed": p == t})
     return out
 
 
-def calibration_summary(b, i):
-    """NLL, Brier and ECE of both models (evaluate.calibration on predictions.npz) and their change."""
-    cal = {k: calibration(s["probs"], s["labels"]) for k, s in (("baseline", b), ("improved", i))}
+def calibration_summary(base, impr):
+    """NLL, Brier and ECE of both models (evaluate.py's, from metrics.json) and their change."""
+    cal = {k: s["metrics"] for k, s in (("baseline", base), ("improved", impr))}
     out = {"n_bins": ECE_BINS, **{k: {m: round(c[m], 6) for m in ("nll", "brier", "ece")} for k, c in cal.items()}}
     out["difference"] = {m: round(cal["improved"][m] - cal["baseline"][m], 6) for m in ("nll", "brier", "ece")}
     return out, cal
 
 
-def provenance(b, i):
+def provenance(base, impr):
     def side(s):
         c = s["config"]
         return {"run": str(s["run"]), "checkpoint": s["metrics"].get("checkpoint"),
                 "epoch": s["metrics"].get("epoch"),
                 **{k: c.get(k) for k in ("name", "seed", "git_commit", "arch", "dataset", "epochs",
                                          "label_smoothing", "cutmix_prob", "cutmix_alpha", "augment")}}
-    cb, ci = b["config"], i["config"]
+    cb, ci = base["config"], impr["config"]
     changed = sorted(k for k in set(cb) | set(ci) if k not in NOT_SETTINGS and cb.get(k) != ci.get(k))
-    return {"runs": {"baseline": side(b), "improved": side(i)}, "changed_settings": changed,
+    return {"runs": {"baseline": side(base), "improved": side(impr)}, "changed_settings": changed,
             "changed_values": {k: {"baseline": cb.get(k), "improved": ci.get(k)} for k in changed},
-            "same_checkpoint": b["metrics"].get("checkpoint") == i["metrics"].get("checkpoint")}
+            "same_checkpoint": base["metrics"].get("checkpoint") == impr["metrics"].get("checkpoint")}
 
 
 #### Seeds and ablation (make seeds, make ablation)
@@ -307,13 +320,13 @@ def seed_summary(dirs):
     Each folder holds baseline/ and improved/, evaluated; apart from the seed, every baseline must
     have the same settings (and every improved model), or the spread would mix in other changes."""
     pairs = [(load_side(Path(d) / "baseline"), load_side(Path(d) / "improved")) for d in dirs]
-    for b, i in pairs:
-        check_same_test_set(b, i)
-        for ref, side in ((pairs[0][0], b), (pairs[0][1], i)):
+    for base, impr in pairs:
+        check_same_test_set(base, impr)
+        for ref, side in ((pairs[0][0], base), (pairs[0][1], impr)):
             if _settings(side["config"]) != _settings(ref["config"]):
                 raise UserError(f"{side['run']} differs from {ref['run']} in more than its seed; "
                                 "retrain it with make seeds")
-    seeds = [b["config"].get("seed") for b, _ in pairs]
+    seeds = [base["config"].get("seed") for base, _ in pairs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists seed {max(seeds, key=seeds.count)} twice; give each seed once")
 
@@ -321,51 +334,48 @@ def seed_summary(dirs):
         v = np.array(values, dtype=np.float64)
         return {"values": [round(float(x), 6) for x in v], "mean": round(float(v.mean()), 6),
                 "std": round(float(v.std(ddof=1)), 6) if len(v) > 1 else None}
-    acc_b = [float(b["correct"].mean()) for b, _ in pairs]
-    acc_i = [float(i["correct"].mean()) for _, i in pairs]
+    acc_b = [float(base["correct"].mean()) for base, _ in pairs]
+    acc_i = [float(impr["correct"].mean()) for _, impr in pairs]
     return {"seeds": seeds, "baseline": stats(acc_b), "improved": stats(acc_i),
             "difference": stats(np.subtract(acc_i, acc_b)),
             "improved_better": sum(a > b for a, b in zip(acc_i, acc_b))}
 
 
-def ablation_table(b, runs):
+def ablation_table(base, runs):
     """Each run against the baseline: what it changed, its accuracy, the 2x2's discordant pairs."""
     rows = []
     for run in runs:
         side = load_side(run)
-        check_same_test_set(b, side)
-        table = two_by_two(b["correct"], side["correct"])
-        changed = provenance(b, side)["changed_values"]
+        check_same_test_set(base, side)
+        table = two_by_two(base["correct"], side["correct"])
+        changed = provenance(base, side)["changed_values"]
         rows.append({"run": str(run), "name": side["run"].name,
                      "changed": {k: v["improved"] for k, v in changed.items()},
                      "accuracy": round(float(side["correct"].mean()), 6),
-                     "difference": round(float(side["correct"].mean() - b["correct"].mean()), 6),
-                     "ece": round(calibration(side["probs"], side["labels"])["ece"], 6),
+                     "difference": round(float(side["correct"].mean() - base["correct"].mean()), 6),
+                     "ece": round(side["metrics"]["ece"], 6),
                      **{k: table[k] for k in ("corrected", "worsened", "mcnemar_p")}})
     return rows
 
 
 #### Grad-CAM maps of the cases, for the figure
 
-def gradcam_rows(test_x, b, i, rechecked, device):
-    """Images and the four maps per case; refuses checkpoints that do not reproduce predictions.npz."""
+def gradcam_rows(test_x, base, impr, rechecked, device):
+    """Images and the four maps per case: the baseline's from gradcam.py's files (not recomputed),
+    the improved model's at the same layer, with the weights evaluate.py evaluated."""
     rows = [c["row"] for c in rechecked]
     images = test_x()[rows]
-    maps = {}
-    for key, side in (("baseline", b), ("improved", i)):
-        ckpt = side["metrics"].get("checkpoint", "last")
-        model, config, _ = load_run(side["run"], ckpt, device)
-        x = normalize(images.to(device), config["mean"], config["std"])
-        with torch.no_grad():
-            probs = model(x).float().softmax(1).cpu().numpy()
-        if np.abs(probs - side["probs"][rows]).max() > 1e-3:
-            raise UserError(f"the {ckpt} checkpoint of {side['run']} does not reproduce its "
-                            f"predictions.npz; re-run python evaluate.py --run {side['run']}")
-        layer = model.get_submodule(DEFAULT_CAM_LAYER[config["arch"]])
-        for target in ("pred", "true"):
-            t = [c[f"{key}_pred"] if target == "pred" else c["true"] for c in rechecked]
-            maps[key, target] = grad_cam(model, layer, x, t).cpu()  # (N, H, W) in [0, 1]
-    return images, maps, DEFAULT_CAM_LAYER[b["config"]["arch"]]
+    explained = read_gradcam(base["run"], rechecked)
+    layer_name = explained["layer"]
+    maps = dict(zip((("baseline", "pred"), ("baseline", "true")), read_gradcam_maps(
+        base["run"], [c["index"] for c in rechecked], layer_name, explained["checkpoint"])))
+    model, config, _, _ = load_evaluated(impr["run"], device)  # the weights of its predictions.npz
+    x = normalize(images.to(device), config["mean"], config["std"])
+    layer = find_layer(model, layer_name, config["arch"])
+    for target in ("pred", "true"):
+        t = [c["improved_pred"] if target == "pred" else c["true"] for c in rechecked]
+        maps["improved", target] = grad_cam(model, layer, x, t).cpu()  # (N, H, W) in [0, 1]
+    return images, maps, layer_name
 
 
 #### Command line
@@ -375,7 +385,8 @@ def build_parser():
     p.add_argument("--baseline", required=True, help="baseline run folder (evaluated)")
     p.add_argument("--improved", required=True, help="improved run folder (evaluated)")
     p.add_argument("--cases", default=None, help="the baseline's failures.json to re-check (+ Grad-CAM)")
-    p.add_argument("--out", required=True, help="folder for comparison.json and the figures")
+    p.add_argument("--out", required=True, help="folder for comparison.json and the figures "
+                   "(with --seeds or --ablation: for seeds.json or ablation.json alone)")
     # 2000 resamples: each limit moves by about 0.03 points (s.d.) between seeds on 10,000 images.
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator")
@@ -388,7 +399,7 @@ def build_parser():
     return p
 
 
-def compare(args):
+def check_out(args):
     out = Path(args.out)
     if Path(args.baseline).resolve() == Path(args.improved).resolve():
         raise UserError(f"--baseline and --improved are the same run ({args.baseline}); a run "
@@ -399,62 +410,43 @@ def compare(args):
         if out.resolve() == Path(run).resolve():
             raise UserError(f"--out {out} is a run folder; write the comparison to its own folder, "
                             "for example runs/compare")
-    b, i = load_side(args.baseline), load_side(args.improved)
-    check_same_test_set(b, i)
-    classes, names = b["config"]["classes"], (b["run"].name, i["run"].name)
-    table = two_by_two(b["correct"], i["correct"])
-    acc_b, acc_i = float(b["correct"].mean()), float(i["correct"].mean())
-    rows, gains, losses = per_class_changes(b, i, classes)
-    bins = np.linspace(0, 1, 21)
-    cal_summary, cal = calibration_summary(b, i)
-    grids = [corruptions.load_grid(s["run"], s["metrics"]) for s in (b, i)]
-    result = {**table, "accuracy_baseline": round(acc_b, 6), "accuracy_improved": round(acc_i, 6),
-              "accuracy_difference": round(acc_i - acc_b, 6),
-              "bootstrap_ci95": bootstrap_ci(table["corrected"], table["worsened"], table["n_test"],
-                                             args.bootstrap, args.seed),
-              "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "method": "paired, percentile"},
-              "high_confidence_errors": high_confidence_table(b, i),
-              "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(b, bins),
-                             "improved": confidence_summary(i, bins)},
-              "calibration": cal_summary, "label_error_suspects": label_error_suspects(b, i, classes),
-              "per_class": rows, "top_gains": gains, "top_losses": losses,
-              "corruptions": None, "cases": None, "seeds": None, "ablation": None,
-              "figures": ["confidence", "high_confidence", "per_class", "reliability"], **provenance(b, i),
-              "git_commit": git_commit()}
-    if not result["same_checkpoint"]:
-        print(f"warning: the runs were evaluated with different checkpoints "
-              f"({b['metrics'].get('checkpoint')} vs {i['metrics'].get('checkpoint')})")
-    if None in grids:
-        lacking = [str(s["run"]) for s, g in zip((b, i), grids) if g is None]
-        print(f"note: no corruptions.json in {' and '.join(lacking)}; corruption comparison skipped "
-              "(python corruptions.py --run <run> writes it)")
-    else:
-        result["corruptions"] = corruptions.compare_grids(*grids)
-        result["figures"].append("corruptions")
-    if args.seeds:
-        result["seeds"] = seed_summary(args.seeds)
-    if args.ablation:
-        result["ablation"] = ablation_table(b, [args.improved, *args.ablation])
-    if args.cases:
-        result["cases"] = recheck_cases(args.cases, b, i, classes)
-        result["cases_file"] = str(args.cases)
-    cam = None
+    return out
 
-    @functools.cache
-    def test_x():  # the test images, loaded once and only if a figure needs them
-        return dataset_from_config(b["config"], args.data_dir).test_x
-    if result["cases"]:  # before any figure is written: it checks the checkpoints against predictions.npz
-        cam = gradcam_rows(test_x, b, i, result["cases"], resolve_device(args.device))
-        result["figures"].append("gradcam_compare")
-        result["gradcam_layer"] = cam[2]
+
+def statistics(base, impr, args):
+    """Everything comparison.json holds that needs no figure, no model and no image."""
+    table = two_by_two(base["correct"], impr["correct"])
+    acc_b, acc_i = float(base["correct"].mean()), float(impr["correct"].mean())
+    rows, gains, losses = per_class_changes(base, impr, base["config"]["classes"])
+    bins = np.linspace(0, 1, 21)
+    return {**table, "accuracy_baseline": round(acc_b, 6), "accuracy_improved": round(acc_i, 6),
+            "accuracy_difference": round(acc_i - acc_b, 6),
+            "bootstrap_ci95": bootstrap_ci(table["corrected"], table["worsened"], table["n_test"],
+                                           args.bootstrap, args.seed),
+            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "method": "paired, percentile"},
+            "high_confidence_errors": high_confidence_table(base, impr),
+            "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(base, bins),
+                           "improved": confidence_summary(impr, bins)},
+            "calibration": calibration_summary(base, impr)[0],
+            "label_error_suspects": label_error_suspects(base, impr, base["config"]["classes"]),
+            "per_class": rows, "top_gains": gains, "top_losses": losses,
+            "corruptions": None, "cases": None,
+            "figures": ["confidence", "high_confidence", "per_class", "reliability"],
+            **provenance(base, impr),
+            "git_commit": git_commit()}
+
+
+def write_figures(result, base, impr, cam, grids, test_x, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    names = (base["run"].name, impr["run"].name)
+    bins = np.asarray(result["confidence"]["bins"])
     with plt.rc_context(figures.STYLE):
-        figures.plot_confidence(b, i, names, bins, out, plt)
+        figures.plot_confidence(base, impr, names, bins, out, plt)
         figures.plot_high_confidence(result["high_confidence_errors"], names, out, plt)
-        figures.plot_per_class(rows, gains, losses, out, plt)
-        figures.plot_reliability(cal, names, out, plt)
+        figures.plot_per_class(result["per_class"], result["top_gains"], result["top_losses"], out, plt)
+        figures.plot_reliability(calibration_summary(base, impr)[1], names, out, plt)
         if result["corruptions"]:
             figures.plot_corruptions(result["corruptions"], *grids, names, out, plt)
         if cam is not None:
@@ -468,20 +460,63 @@ def compare(args):
             else:
                 figures.plot_suspects(result["label_error_suspects"], images, out, plt)
                 result["label_error_suspects"]["figure"] = "suspects"
+
+
+def summarise_only(args, base, out):
+    """make seeds / make ablation: their one summary, in its own small file (no full comparison)."""
+    if args.seeds:
+        result, name = {"seeds": seed_summary(args.seeds)}, "seeds.json"
+        sd = result["seeds"]
+        spread = sd["difference"]["std"]
+        print(f"{len(sd['seeds'])} seeds: difference {100 * sd['difference']['mean']:+.2f} points"
+              + (f" +/- {100 * spread:.2f} (std)" if spread is not None else ""))
+    else:
+        result, name = {"ablation": ablation_table(base, [args.improved, *args.ablation])}, "ablation.json"
+        for row in result["ablation"]:
+            print(f"ablation {row['name']}: {100 * row['accuracy']:.2f}% ({100 * row['difference']:+.2f} "
+                  f"points, McNemar p={row['mcnemar_p']:.3g}), changes {row['changed']}")
+    save_json({**result, "git_commit": git_commit()}, out / name)
+    return result
+
+
+def run(args):
+    out = check_out(args)
+    base, impr = load_side(args.baseline), load_side(args.improved)
+    check_same_test_set(base, impr)
+    if args.seeds or args.ablation:
+        return summarise_only(args, base, out)
+    result = statistics(base, impr, args)
+    if not result["same_checkpoint"]:
+        print(f"warning: the runs were evaluated with different checkpoints "
+              f"({base['metrics'].get('checkpoint')} vs {impr['metrics'].get('checkpoint')})")
+    grids = [corruptions.load_grid(s["run"], s["metrics"]) for s in (base, impr)]
+    if None in grids:
+        lacking = [str(s["run"]) for s, g in zip((base, impr), grids) if g is None]
+        print(f"note: no corruptions.json in {' and '.join(lacking)}; corruption comparison skipped "
+              "(python corruptions.py --run <run> writes it)")
+    else:
+        result["corruptions"] = corruptions.compare_grids(*grids)
+        result["figures"].append("corruptions")
+
+    @functools.cache
+    def test_x():  # the test images, loaded once and only if a figure needs them
+        return dataset_from_config(base["config"], args.data_dir).test_x
+    cam = None
+    if args.cases:  # before any figure is written: it checks the improved model's weights
+        result["cases"] = recheck_cases(args.cases, base, impr, base["config"]["classes"])
+        result["cases_file"] = str(args.cases)
+        cam = gradcam_rows(test_x, base, impr, result["cases"], resolve_device(args.device))
+        result["figures"].append("gradcam_compare")
+        result["gradcam_layer"] = cam[2]
+    write_figures(result, base, impr, cam, grids, test_x, out)
     save_json(result, out / "comparison.json")
     lo, hi = result["bootstrap_ci95"]
-    print(f"{out / 'comparison.json'}: accuracy {100 * acc_b:.2f}% -> {100 * acc_i:.2f}% "
-          f"({100 * (acc_i - acc_b):+.2f} points, 95% CI {100 * lo:+.2f} to {100 * hi:+.2f}); "
-          f"corrected {table['corrected']}, worsened {table['worsened']}, "
-          f"McNemar p={table['mcnemar_p']:.3g}; ECE {100 * cal_summary['baseline']['ece']:.2f}% -> "
-          f"{100 * cal_summary['improved']['ece']:.2f}%")
-    if result["seeds"]:
-        sd = result["seeds"]
-        print(f"{len(sd['seeds'])} seeds: difference {100 * sd['difference']['mean']:+.2f} points"
-              + (f" +/- {100 * sd['difference']['std']:.2f} (std)" if sd["difference"]["std"] is not None else ""))
-    for row in result["ablation"] or []:
-        print(f"ablation {row['name']}: {100 * row['accuracy']:.2f}% ({100 * row['difference']:+.2f} "
-              f"points, McNemar p={row['mcnemar_p']:.3g}), changes {row['changed']}")
+    cal = result["calibration"]
+    print(f"{out / 'comparison.json'}: accuracy {100 * result['accuracy_baseline']:.2f}% -> "
+          f"{100 * result['accuracy_improved']:.2f}% ({100 * result['accuracy_difference']:+.2f} points, "
+          f"95% CI {100 * lo:+.2f} to {100 * hi:+.2f}); corrected {result['corrected']}, worsened "
+          f"{result['worsened']}, McNemar p={result['mcnemar_p']:.3g}; ECE "
+          f"{100 * cal['baseline']['ece']:.2f}% -> {100 * cal['improved']['ece']:.2f}%")
     if result["corruptions"]:
         mce = result["corruptions"]["mean_corruption_error"]
         print(f"mean corruption error {100 * mce['baseline']:.2f}% -> {100 * mce['improved']:.2f}%")
@@ -493,7 +528,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
         parser.error("--bootstrap must be at least 1")
-    return cli_guard(compare, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

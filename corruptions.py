@@ -2,6 +2,7 @@
 
     python corruptions.py --run runs/baseline                        # all corruptions, severities 1-5
     python corruptions.py --run runs/baseline --corruptions fog contrast --severities 1 3 5 --limit-test 500
+    python corruptions.py --run runs/baseline --cifar-c data/CIFAR-100-C    # the published files instead
 
 Uses the checkpoint evaluate.py used (metrics.json) and writes runs/<name>/corruptions.json: clean
 accuracy, accuracy per corruption and severity, and the mean corruption error (mean of 1 - accuracy
@@ -13,6 +14,14 @@ for ResNet-18 on such a CPU; docs/RESULTS.md). It moves softmax probabilities by
 and flips a few tenths of a percent of the predictions, which a grid of accuracies can bear but the
 saved probabilities cannot: the clean accuracy is always computed in float32, so that it matches
 metrics.json, and corruptions.json records the precision of the cells.
+
+--cifar-c DIR evaluates on the published CIFAR-10-C / CIFAR-100-C files (Hendrycks and Dietterich
+2019) instead of generating the corruptions, so that the numbers compare with papers: labels.npy and
+one <corruption>.npy per corruption (any of the 19 present, frost included), each uint8 (5 x 10,000,
+32, 32, 3) RGB with severities 1-5 in blocks of 10,000 rows in the official test order. The files are
+memory-mapped, so only the rows evaluated are read. They must fit the run: a run on the official
+cifar10 or cifar100 archive (or one in its format), whose test labels each severity block repeats.
+corruptions.json's "source" says which ("generated" or "cifar-c", with the folder and files).
 """
 import time
 from pathlib import Path
@@ -21,7 +30,7 @@ import numpy as np
 import torch
 
 from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard,
-                    dataset_from_config, device_name, git_commit, load_run, read_json, read_metrics,
+                    dataset_from_config, device_name, git_commit, load_evaluated, read_json,
                     resolve_device, save_json, subset_indices)
 from corrupt import BENCHMARK, NAMES, SEVERITIES, check_choice, corrupt
 from evaluate import predict
@@ -32,7 +41,9 @@ from evaluate import predict
 def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder, evaluated with evaluate.py")
-    p.add_argument("--corruptions", nargs="+", default=["all"], help=f"'all' or names: {', '.join(NAMES)}")
+    p.add_argument("--corruptions", nargs="+", default=["all"],
+                   help=f"'all' or names: {', '.join(NAMES)}; with --cifar-c, 'all' is every file there "
+                        "(frost too)")
     p.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), help="from 1 to 5")
     p.add_argument("--limit-test", type=int, default=None,
                    help="a fixed random subset of the run's test images (same as common.subset_indices)")
@@ -42,10 +53,18 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     p.add_argument("--amp", action="store_true",
                    help="corrupted images under bf16 autocast (CUDA, or a CPU with native bf16)")
+    p.add_argument("--cifar-c", default=None, metavar="DIR",
+                   help="read the corrupted images from the published CIFAR-10-C / CIFAR-100-C files in DIR "
+                        "(labels.npy, <corruption>.npy) instead of generating them")
     return p
 
 
 CHUNK = 1000  # images corrupted at once: bounds memory, and results do not depend on --batch-size
+# The published CIFAR-10-C / CIFAR-100-C files, in their order: the benchmark's 15 (frost among them,
+# which corrupt.py cannot generate) and 4 extras. The mean corruption error is also given over the 15.
+CIFAR_C_STANDARD = BENCHMARK[:8] + ("frost",) + BENCHMARK[8:]
+CIFAR_C_EXTRA = tuple(n for n in NAMES if n not in BENCHMARK)
+CIFAR_C_NAMES = CIFAR_C_STANDARD + CIFAR_C_EXTRA
 
 
 def cell_seed(seed, name, severity, chunk):
@@ -53,20 +72,135 @@ def cell_seed(seed, name, severity, chunk):
     return int(np.random.SeedSequence([seed, NAMES.index(name), severity, chunk]).generate_state(1)[0])
 
 
-def run_grid(args):
-    names = list(NAMES) if "all" in args.corruptions else list(dict.fromkeys(args.corruptions))
+#### The published CIFAR-10-C / CIFAR-100-C files (--cifar-c)
+
+def load_npy(path):
+    """A .npy file memory-mapped: indexing it reads only the rows asked for from disk."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read as a .npy array ({e})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        raise UserError(f"{path} is not a .npy array (it holds {type(array).__name__})")
+    return array
+
+
+def full_test_size(config, ds, data_dir):
+    """Images in the dataset's whole test set, of which ds holds only the run's --limit-test subset."""
+    if config.get("limit_test") is None:
+        return len(ds.test_y)
+    return len(dataset_from_config({**config, "limit_test": None}, data_dir).test_y)
+
+
+class CifarC:
+    """A folder of the published files: labels.npy and <corruption>.npy, each of 5 blocks (severities
+    1-5) of the whole test set in the official order; checked against a run and read by rows."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(f"--cifar-c {folder} is not a folder; give the folder that holds labels.npy and "
+                            "the <corruption>.npy files of CIFAR-10-C or CIFAR-100-C")
+        unknown = sorted(p.name for p in self.folder.glob("*.npy")
+                         if p.stem not in CIFAR_C_NAMES and p.name != "labels.npy")
+        if unknown:
+            print(f"note: {folder}: ignoring {', '.join(unknown)}, not named after a CIFAR-10-C corruption")
+        self.present = [n for n in CIFAR_C_NAMES if (self.folder / f"{n}.npy").is_file()]
+        if not (self.folder / "labels.npy").is_file():
+            raise UserError(f"{folder} has no labels.npy; the CIFAR-10-C / CIFAR-100-C folder holds it")
+        if not self.present:
+            raise UserError(f"{folder} holds no corruption file; expected some of "
+                            f"{', '.join(n + '.npy' for n in CIFAR_C_NAMES)}")
+        self.missing = [n for n in CIFAR_C_STANDARD if n not in self.present]
+        if self.missing:
+            print(f"note: {folder} lacks {len(self.missing)} of the 15 standard corruptions "
+                  f"({', '.join(self.missing)}); the benchmark mean covers the others")
+        self.n_full, self.mapped = None, (None, None)
+
+    def choose(self, wanted):
+        """The corruptions to evaluate: every file present for 'all', else the names asked, each present."""
+        if "all" in wanted:
+            return list(self.present)
+        names = list(dict.fromkeys(wanted))
+        for n in names:
+            if n not in self.present:
+                what = "" if n in CIFAR_C_NAMES else f" ({n!r} is not a CIFAR-10-C corruption)"
+                raise UserError(f"{self.folder} has no {n}.npy{what}; choose 'all' or any of "
+                                f"{', '.join(self.present)}")
+        return names
+
+    def check(self, ds, config, data_dir, names):
+        """Refuse files that do not belong to the run's test set: its order, size, labels, image shape."""
+        if ds.name not in ("cifar10", "cifar100"):
+            raise UserError(f"--cifar-c needs a run on the cifar10 or cifar100 archive, whose test order "
+                            f"the files follow; this run's dataset is {config['dataset']} (a folder copy "
+                            "lists its images by class, not in the official order)")
+        n = self.n_full = full_test_size(config, ds, data_dir)
+        path = self.folder / "labels.npy"
+        labels = load_npy(path)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != 5 * n:
+            raise UserError(f"{path} holds {labels.dtype} {labels.shape}, but the run's test set of {n:,} "
+                            f"images needs 5 x {n:,} = {5 * n:,} integer labels (5 severities)")
+        found = np.asarray(labels).reshape(5, n)[:, ds.test_indices.numpy()]  # (5, the run's test images)
+        wrong = found != ds.test_y.numpy()
+        if wrong.any():
+            s, r = np.argwhere(wrong)[0]
+            raise UserError(f"{path} does not match the test labels of the run's {config['dataset']}: "
+                            f"{wrong.sum():,} of {wrong.size:,} differ, the first at severity {s + 1}, test "
+                            f"image {int(ds.test_indices[r])} ({found[s, r]} in the file, {int(ds.test_y[r])} "
+                            "in the run); CIFAR-10-C goes with cifar10, CIFAR-100-C with cifar100")
+        shape = (5 * n, *ds.test_x.shape[2:], 3)
+        for name in names:
+            array = load_npy(self.folder / f"{name}.npy")
+            if array.dtype != np.uint8 or array.shape != shape:
+                raise UserError(f"{self.folder / (name + '.npy')} holds {array.dtype} {array.shape}; "
+                                f"expected uint8 {shape}: 5 severities of the {n:,} test images, "
+                                "height x width x RGB")
+
+    def images(self, name, severity, rows):
+        """uint8 (n, 3, H, W) of the test images at official indices rows (sorted), at one severity."""
+        if self.mapped[0] != name:  # one file mapped at a time
+            self.mapped = (name, load_npy(self.folder / f"{name}.npy"))
+        x = self.mapped[1][(severity - 1) * self.n_full + rows]  # (n, H, W, 3), only these rows read
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
+#### The grid: the clean test set, then every corruption x severity
+
+def generated_names(wanted):
+    names = list(NAMES) if "all" in wanted else list(dict.fromkeys(wanted))
+    check_choice(names)
+    return names
+
+
+def corrupted_images(args, cifar_c, names, config, ds, rows, images):
+    """f(name, severity, chunk, start, stop): the corrupted copies of images[start:stop], generated with
+    the chunk's own seed or read from the CIFAR-C files (checked against the run's test set first)."""
+    if cifar_c is None:
+        return lambda name, severity, k, start, stop: corrupt(
+            images[start:stop], name, severity, cell_seed(args.seed, name, severity, k))
+    cifar_c.check(ds, config, args.data_dir, names)
+    official = (ds.test_indices if rows is None else ds.test_indices[rows]).numpy()
+    return lambda name, severity, k, start, stop: cifar_c.images(
+        name, severity, official[start:stop]).to(images.device)
+
+
+def run(args):
     severities = sorted(set(args.severities))
-    check_choice(names, severities)
+    check_choice(severities=severities)
+    # The corruptions are checked before the model loads: a mistyped name or folder fails at once.
+    cifar_c = CifarC(args.cifar_c) if args.cifar_c else None
+    names = cifar_c.choose(args.corruptions) if cifar_c else generated_names(args.corruptions)
     run = Path(args.run)
-    metrics = read_metrics(run)
     t0 = time.perf_counter()
     device = resolve_device(args.device)
-    checkpoint = metrics.get("checkpoint", "last")  # the model evaluate.py described
-    model, config, ckpt = load_run(run, checkpoint, device)
+    model, config, ckpt, metrics = load_evaluated(run, device)  # the model evaluate.py described
+    checkpoint = metrics.get("checkpoint", "last")
     ds = dataset_from_config(config, args.data_dir)
     rows = subset_indices(len(ds.test_y), args.limit_test)
     images, labels = (ds.test_x, ds.test_y) if rows is None else (ds.test_x[rows], ds.test_y[rows])
     images, labels = images.to(device), labels.to(device)
+    corrupted = corrupted_images(args, cifar_c, names, config, ds, rows, images)
     use_amp, note = autocast_mode(device, args.amp, "corrupted images in float32")
     if note:
         print(note)
@@ -74,12 +208,11 @@ def run_grid(args):
     def accuracy(name=None, severity=None):
         hits = 0
         for k, start in enumerate(range(0, len(labels), CHUNK)):
-            x = images[start:start + CHUNK]
-            if name:
-                x = corrupt(x, name, severity, cell_seed(args.seed, name, severity, k))
+            stop = min(start + CHUNK, len(labels))
+            x = images[start:stop] if name is None else corrupted(name, severity, k, start, stop)
             pred = predict(model, x, config["mean"], config["std"], args.batch_size,
                            amp=use_amp and name is not None).argmax(1)
-            hits += (pred.to(device) == labels[start:start + CHUNK]).sum().item()
+            hits += (pred.to(device) == labels[start:stop]).sum().item()
         return round(hits / len(labels), 6)
     clean = accuracy()
     if rows is None and abs(clean - metrics.get("test_accuracy", clean)) > 1e-6:
@@ -91,24 +224,49 @@ def run_grid(args):
         grid[name] = [accuracy(name, s) for s in severities]
         seconds[name] = round(time.perf_counter() - t, 3)
         print(f"{name:18s} " + " ".join(f"{100 * a:6.2f}" for a in grid[name]) + f"   ({seconds[name]:.1f} s)")
-    bench = [n for n in names if n in BENCHMARK]
     result = {"run": str(run), "checkpoint": checkpoint, "epoch": ckpt["epoch"], "n": len(labels),
-              "limit_test": args.limit_test, "seed": args.seed, "severities": severities,
+              "limit_test": args.limit_test, "seed": None if cifar_c else args.seed, "severities": severities,
               "corruptions": names, "clean_accuracy": clean, "accuracy": grid,
               "mean_accuracy": {n: round(float(np.mean(grid[n])), 6) for n in names},
-              "mean_corruption_error": mean_error(grid, names),
-              "benchmark_corruptions": bench, "mean_corruption_error_benchmark": mean_error(grid, bench),
+              **mean_errors(grid, names), **source_record(cifar_c, names),
               "seconds": round(time.perf_counter() - t0, 3), "seconds_by_corruption": seconds,
               "images_per_second": round(len(labels) * len(severities) * len(names) / sum(seconds.values()), 1),
               "batch_size": args.batch_size, "precision": "bf16 autocast" if use_amp else "float32",
               "device": device_name(device), "git_commit": git_commit(),
               "torch_version": torch.__version__}
     save_json(result, run / "corruptions.json")
-    print(f"{run / 'corruptions.json'}: clean accuracy {100 * clean:.2f}%, mean corruption error "
-          f"{100 * result['mean_corruption_error']:.2f}% over {len(names)} "
+    print_summary(result, run)
+    return result
+
+
+def mean_errors(grid, names):
+    """corruptions.json's means: over every cell, the benchmark's 15 (or those evaluated), the extras."""
+    bench = [n for n in names if n in CIFAR_C_STANDARD]
+    extra = [n for n in names if n in CIFAR_C_EXTRA]
+    return {"mean_corruption_error": mean_error(grid, names),
+            "benchmark_corruptions": bench, "mean_corruption_error_benchmark": mean_error(grid, bench),
+            "extra_corruptions": extra, "mean_corruption_error_extra": mean_error(grid, extra)}
+
+
+def source_record(cifar_c, names):
+    """Where the corrupted images came from, for corruptions.json."""
+    if cifar_c is None:
+        return {"source": "generated", "cifar_c": None}
+    return {"source": "cifar-c", "cifar_c": {"dir": str(cifar_c.folder.resolve()),
+                                              "files": ["labels.npy"] + [f"{n}.npy" for n in names],
+                                              "missing_standard": cifar_c.missing}}
+
+
+def print_summary(result, run):
+    names, severities = result["corruptions"], result["severities"]
+    print(f"{run / 'corruptions.json'}: clean accuracy {100 * result['clean_accuracy']:.2f}%, mean corruption "
+          f"error {100 * result['mean_corruption_error']:.2f}% over {len(names)} "
           f"corruption{'s' * (len(names) > 1)} x {len(severities)} "
           f"severit{'ies' if len(severities) > 1 else 'y'}, {result['seconds']:.0f} s")
-    return result
+    for key in ("benchmark", "extra"):
+        if result[f"{key}_corruptions"]:
+            print(f"  {len(result[f'{key}_corruptions'])} {key} corruptions: mean corruption error "
+                  f"{100 * result[f'mean_corruption_error_{key}']:.2f}%")
 
 
 def mean_error(grid, names):
@@ -136,9 +294,11 @@ def load_grid(run, metrics):
 
 def compare_grids(b, i):
     """Per-corruption mean accuracy of both runs, its change, and where the change is largest."""
-    for key in ("n", "limit_test", "seed", "severities"):
-        if b.get(key) != i.get(key):
-            raise UserError(f"the runs' corruptions.json differ in {key} ({b.get(key)} vs {i.get(key)}); "
+    for key in ("source", "n", "limit_test", "seed", "severities"):
+        # Files written before "source" existed had generated corruptions.
+        vb, vi = (g.get(key, "generated" if key == "source" else None) for g in (b, i))
+        if vb != vi:
+            raise UserError(f"the runs' corruptions.json differ in {key} ({vb} vs {vi}); "
                             "re-run python corruptions.py on both with the same flags")
     names = [n for n in b["corruptions"] if n in i["corruptions"]]
     if not names:
@@ -150,9 +310,10 @@ def compare_grids(b, i):
         rows.append({"name": n, "baseline": round(mb, 6), "improved": round(mi, 6), "difference": round(mi - mb, 6),
                      "by_severity": [round(q - p, 6) for p, q in zip(b["accuracy"][n], i["accuracy"][n])]})
     ranked = sorted(rows, key=lambda r: (r["difference"], r["name"]))
-    bench = [n for n in names if n in BENCHMARK]
+    bench = [n for n in names if n in CIFAR_C_STANDARD]
     mce = {k: mean_error(g["accuracy"], names) for k, g in (("baseline", b), ("improved", i))}
-    return {"severities": b["severities"], "corruptions": names, "n": b["n"],
+    return {"source": b.get("source", "generated"), "severities": b["severities"], "corruptions": names,
+            "n": b["n"],
             "clean_accuracy": {"baseline": b["clean_accuracy"], "improved": i["clean_accuracy"]},
             "mean_corruption_error": {**mce, "difference": round(mce["improved"] - mce["baseline"], 6)},
             "mean_corruption_error_benchmark": {k: mean_error(g["accuracy"], bench)
@@ -169,7 +330,7 @@ def main(argv=None):
         parser.error("--batch-size must be at least 1")
     if args.limit_test is not None and args.limit_test < 1:
         parser.error("--limit-test must be at least 1")
-    return cli_guard(run_grid, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,17 @@ score, expected calibration error (15 bins) and the reliability-diagram bins (ca
 
     python evaluate.py --run runs/baseline                 # last epoch (default, honest)
     python evaluate.py --run runs/baseline --checkpoint best   # best-on-test, as the reference
+
+A model trained elsewhere becomes a run folder the same way (config.json marked "imported", its
+weights as last.pt), so every later step treats it like a trained run:
+
+    python evaluate.py --weights best_baseline_resnet18.pth --arch resnet18 --dataset cifar100 \
+        --run runs/imported/baseline
 """
+import hashlib
+import platform
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DEVICE_HELP, DeviceLoader, arg_parser, atomic_write, autocast, cli_guard,
-                    dataset_from_config, load_run, resolve_device, save_json)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
+                    build_model, channel_stats, cli_guard, dataset_from_config, find_state_dict,
+                    git_commit, load_checkpoint, load_dataset, load_run, resolve_device, save_checkpoint,
+                    save_json, state_dict_mismatch, weights_fingerprint)
 
 
 def build_parser():
@@ -26,7 +38,76 @@ def build_parser():
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--batch-size", type=int, default=1024, help="test images per forward pass")
+    g = p.add_argument_group("importing a model trained elsewhere (creates the --run folder)")
+    g.add_argument("--weights", default=None,
+                   help="a checkpoint file: a bare state_dict, or one under state_dict, "
+                        "model_state_dict, model or net; prefixes module., _orig_mod., model. are removed")
+    g.add_argument("--arch", choices=ARCHS, default=None, help="the network the weights are for")
+    g.add_argument("--dataset", default=None,
+                   help="its test set: cifar100, cifar10, synthetic, a folder or an archive path")
+    g.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="input normalisation in [0, 1] units (default: the dataset's channel "
+                        "means on its training images, as train.py)")
+    g.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="as --mean, the channel standard deviations")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --run folder")
     return p
+
+
+def check_import_args(args, parser):
+    """The flags an import needs, and none that it cannot honour."""
+    given = [f"--{k.replace('_', '-')}" for k in ("arch", "dataset", "mean", "std", "overwrite")
+             if getattr(args, k) not in (None, False)]
+    if args.weights is None:
+        if given:
+            parser.error(f"{', '.join(given)} only apply with --weights (importing a model)")
+        return
+    if args.arch is None or args.dataset is None:
+        parser.error("--weights needs --arch and --dataset (what the weights are and their test set)")
+    if args.checkpoint != "last":
+        parser.error("an imported model has one set of weights: --checkpoint does not apply")
+    if (args.mean is None) != (args.std is None):
+        parser.error("give --mean and --std together, or neither (then the dataset's statistics)")
+    if args.mean is not None and not (all(0 <= v <= 1 for v in args.mean) and all(0 < v <= 1 for v in args.std)):
+        parser.error("--mean and --std are in [0, 1] units (e.g. 0.5071 0.4865 0.4409), std above 0")
+
+
+def import_weights(args):
+    """Write args.run as a run folder from an outside checkpoint: last.pt, then config.json (last:
+    load_run treats a folder without it as unfinished). The weights must fit --arch exactly."""
+    run, weights = Path(args.run), Path(args.weights)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--run {run} is a file; give a folder for the imported run")
+    if run.is_dir() and any(run.iterdir()) and not args.overwrite:
+        raise UserError(f"{run} is not empty; give a new folder or --overwrite to replace it")
+    state, how = find_state_dict(load_checkpoint(weights), weights)
+    ds = load_dataset(args.dataset, args.data_dir or "data")
+    model = build_model(args.arch, ds.num_classes)
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise UserError(f"{weights} does not fit {args.arch} with {ds.num_classes} classes: {problem}")
+    model.load_state_dict(state)
+    mean, std = (args.mean, args.std) if args.mean is not None else channel_stats(ds.train_x)
+    with open(weights, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    # What is known about the model; its recipe (epochs, optimizer, augmentation...) is not, so
+    # those keys are absent rather than guessed, and "imported" tells the report to say so.
+    config = dict(arch=args.arch, dataset=args.dataset, name=run.name, runs_dir=str(run.parent),
+                  data_dir=args.data_dir or "data", limit_train=None, limit_test=None,
+                  num_classes=ds.num_classes, classes=ds.classes, superclasses=ds.superclasses,
+                  mean=list(mean), std=list(std), n_train=None, n_test=len(ds.test_y),
+                  imported=dict(weights=str(weights), sha256=sha256, found=how,
+                                normalisation="given" if args.mean is not None else "dataset statistics"),
+                  command="python evaluate.py " + " ".join(args.argv), git_commit=git_commit(),
+                  torch_version=str(torch.__version__),
+                  torchvision_version=str(__import__("torchvision").__version__),
+                  python_version=platform.python_version(), status="imported")
+    if run.is_dir() and args.overwrite:
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "epoch": None, "config": config}, run / "last.pt")
+    save_json(config, run / "config.json")
+    print(f"imported {weights} ({how}) into {run}")
 
 
 @torch.no_grad()
@@ -96,7 +177,7 @@ def calibration(probs, labels, n_bins=ECE_BINS):
                             "confidence": listed(mean_conf), "accuracy": listed(acc)}}
 
 
-def evaluate(args):
+def run_evaluation(args):
     t0 = time.perf_counter()
     device = resolve_device(args.device)
     model, config, ckpt = load_run(args.run, args.checkpoint, device)
@@ -105,7 +186,8 @@ def evaluate(args):
     probs = logits.softmax(1)
     metrics = classification_metrics(logits, ds.test_y, config["num_classes"])
     metrics.update(calibration(probs.numpy(), ds.test_y.numpy()))
-    metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"],
+    # Which weights these predictions are of: later steps load the model with load_evaluated.
+    metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"], weights_sha256=weights_fingerprint(model),
                    seconds=round(time.perf_counter() - t0, 3))
     run = Path(args.run)
 
@@ -114,11 +196,18 @@ def evaluate(args):
                             logits=logits.numpy(), indices=ds.test_indices.numpy())
     atomic_write(run / "predictions.npz", write_npz)
     save_json(metrics, run / "metrics.json")
-    label = "best-on-test" if args.checkpoint == "best" else "last"
+    label = ("the imported weights" if config.get("imported") else
+             f"the {'best-on-test' if args.checkpoint == 'best' else 'last'} checkpoint, epoch {ckpt['epoch']}")
     print(f"{run}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "
-          f"{100 * metrics['top5_accuracy']:.2f}%, ECE {100 * metrics['ece']:.2f}%) with the {label} "
-          f"checkpoint, epoch {ckpt['epoch']}")
+          f"{100 * metrics['top5_accuracy']:.2f}%, ECE {100 * metrics['ece']:.2f}%) with {label}")
     return metrics
+
+
+def run(args):
+    """Import --weights first if given, then evaluate the run folder."""
+    if args.weights:
+        import_weights(args)
+    return run_evaluation(args)
 
 
 def main(argv=None):
@@ -126,7 +215,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    return cli_guard(evaluate, args)
+    check_import_args(args, parser)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

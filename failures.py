@@ -161,15 +161,9 @@ def build_parser():
     return p
 
 
-def analyse(args):
-    run = Path(args.run)
-    pred_file = read_predictions(run)
-    config = read_json(run / "config.json", "run config")
-    probs, labels, indices = pred_file["probs"], pred_file["labels"], pred_file["indices"]
-    classes, superclasses = config["classes"], config.get("superclasses")
-    preds, conf = probs.argmax(1), probs.max(1)
-    wrong = np.flatnonzero(preds != labels)
-    ranked = wrong[np.argsort(-conf[wrong], kind="stable")]  # ties keep test order
+def choose_rows(args, ranked, labels, preds, indices):
+    """(rows, how many passed the distinctness rule or None, source): the analyst's --cases, or
+    the most confident distinct errors."""
     if args.cases is not None:
         row_of = {int(i): r for r, i in enumerate(indices)}
         missing = [i for i in args.cases if i not in row_of]
@@ -178,13 +172,23 @@ def analyse(args):
                             f"({len(indices)} images, indices {indices.min()}..{indices.max()})")
         if len(set(args.cases)) != len(args.cases):
             raise UserError("--cases lists a test index more than once")
-        rows, strict, source = [row_of[i] for i in args.cases], None, "analyst"
-    else:
-        if args.num_cases > len(wrong):
-            raise UserError(f"--num-cases {args.num_cases} asks for more cases than the "
-                            f"{len(wrong)} misclassified test images this run has")
-        rows, strict = select_distinct(ranked, labels, preds, args.num_cases)
-        source = "auto"
+        return [row_of[i] for i in args.cases], None, "analyst"
+    if args.num_cases > len(ranked):
+        raise UserError(f"--num-cases {args.num_cases} asks for more cases than the "
+                        f"{len(ranked)} misclassified test images this run has")
+    return (*select_distinct(ranked, labels, preds, args.num_cases), "auto")
+
+
+def run(args):
+    run = Path(args.run)
+    pred_file = read_predictions(run)
+    config = read_json(run / "config.json", "run config")
+    probs, labels, indices = pred_file["probs"], pred_file["labels"], pred_file["indices"]
+    classes, superclasses = config["classes"], config.get("superclasses")
+    preds, conf = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(preds != labels)
+    ranked = wrong[np.argsort(-conf[wrong], kind="stable")]  # ties keep test order
+    rows, strict, source = choose_rows(args, ranked, labels, preds, indices)
     selected = [int(indices[r]) for r in rows]
     hypotheses = read_hypotheses(args.hypotheses, selected) if args.hypotheses else {}
 
@@ -246,7 +250,7 @@ def main(argv=None):
         parser.error("--num-cases must be at least 1")
     if args.top < 0:
         parser.error("--top must be at least 0")
-    return cli_guard(analyse, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

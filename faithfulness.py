@@ -24,8 +24,8 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard,
-                    dataset_from_config, device_name, git_commit, load_run, normalize, read_cases,
-                    read_metrics, read_predictions, resolve_device, save_figure, save_json)
+                    dataset_from_config, device_name, git_commit, load_evaluated, normalize,
+                    read_cases, read_predictions, resolve_device, save_figure, save_json)
 from gradcam import find_layer, grad_cam
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
@@ -56,15 +56,18 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def randomisation_test(model, layer_name, images, targets, seed=0):
+def randomisation_test(model, layer_name, images, targets, seed=0, trained=None):
     """Cascading randomisation: re-initialise the network's parameterised top-level modules from
     the output down (the head first), cumulatively, and after each stage measure how far the
     Grad-CAM maps of `images` for `targets` (fixed: the trained model's classes) moved from the
     trained model's maps. A method that explains what the network learned gives maps that change
     a lot (correlation near 0); one that mostly echoes the input (edges) keeps correlating.
-    The model itself is not changed: the stages are applied to a copy."""
+    The model itself is not changed: the stages are applied to a copy. trained: the trained
+    model's maps of these images, if already computed (measure's sample has them)."""
     arch = type(model).__name__
-    trained = grad_cam(model, find_layer(model, layer_name, arch), images, targets).cpu().numpy()
+    if trained is None:
+        trained = grad_cam(model, find_layer(model, layer_name, arch), images, targets).cpu()
+    trained = np.asarray(trained)
     randomised = deepcopy(model)
     layer = find_layer(randomised, layer_name, arch)  # the same module, re-initialised in place
     stages = [n for n, m in reversed(list(randomised.named_children()))
@@ -190,7 +193,7 @@ def build_parser():
     return p
 
 
-def load_cases(args, run, labels, indices):
+def read_case_rows(args, run, labels, indices):
     """Rows of the cases in failures.json, checked against this run's test set; [] if none."""
     path = Path(args.cases) if args.cases else run / "failures.json"
     if not path.is_file():
@@ -201,55 +204,75 @@ def load_cases(args, run, labels, indices):
     return path, [c["row"] for c in cases]
 
 
-def measure(args):
-    t0 = time.perf_counter()
+def check_args(args):
     if args.steps < 2:
         raise UserError(f"--steps must be at least 2, got {args.steps}")
     if args.sample < 1:
         raise UserError(f"--sample must be at least 1, got {args.sample}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def score(model, layer, layer_name, x, targets, args):
+    """Grad-CAM maps of normalised images x for targets, their deletion and insertion curves, and
+    the same for the seeded random order: (maps, Grad-CAM curves, random curves, summary)."""
+    try:
+        maps = torch.cat([grad_cam(model, layer, x[i:i + 256], targets[i:i + 256]).cpu()
+                          for i in range(0, len(x), 256)])  # (N, H, W), bounded memory
+    except ValueError as e:
+        raise UserError(f"--layer {layer_name}: {e}") from None
+    gc = deletion_insertion(model, x, maps, targets, args.steps, batch_size=args.batch_size)
+    # A fresh generator per group: a case's predicted- and true-class baselines share one order.
+    g = torch.Generator().manual_seed(args.seed + 1)
+    rnd = deletion_insertion(model, x, None, targets, args.steps, g, args.batch_size)
+    return maps, gc, rnd, summarise(gc, rnd, (maps.flatten(1).amax(1) == 0).sum())
+
+
+def case_entries(case_rows, per_target, probs, labels, indices, classes):
+    preds, cases = probs.argmax(1), []
+    for j, r in enumerate(case_rows):
+        case = {"index": int(indices[r]), "row": r, "true": int(labels[r]), "true_name": classes[labels[r]],
+                "pred": int(preds[r]), "pred_name": classes[preds[r]],
+                "confidence": round(float(probs[r, preds[r]]), 6)}
+        for t, (_, gc, rnd, _) in per_target.items():
+            case[f"{t}_class"] = {name: {f"{c}_auc": round(float(res[f"{c}_auc"][j]), 4)
+                                         for c in ("deletion", "insertion")}
+                                  for name, res in (("gradcam", gc), ("random", rnd))}
+        cases.append(case)
+    return cases
+
+
+def run(args):
+    t0 = time.perf_counter()
+    check_args(args)
     run = Path(args.run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py first")
-    metrics = read_metrics(run)
     pred_npz = read_predictions(run)
     probs, labels, indices = pred_npz["probs"], pred_npz["labels"], pred_npz["indices"]
     preds = probs.argmax(1)
-    # The checkpoint whose predictions evaluate.py wrote, so the maps explain those predictions.
-    checkpoint = metrics.get("checkpoint", "last")
     device = resolve_device(args.device)
-    model, config, _ = load_run(run, checkpoint, device)
+    # The model whose predictions evaluate.py wrote, so the maps explain those predictions.
+    model, config, _, metrics = load_evaluated(run, device)
+    checkpoint = metrics.get("checkpoint", "last")
     layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
     layer = find_layer(model, layer_name, config["arch"])
     ds = dataset_from_config(config, args.data_dir)
     if len(ds.test_y) != len(labels) or not np.array_equal(ds.test_indices.numpy(), indices):
         raise UserError(f"{run / 'predictions.npz'} does not match the run's test set; re-run evaluate.py")
-    cases_path, case_rows = load_cases(args, run, labels, indices)
+    cases_path, case_rows = read_case_rows(args, run, labels, indices)
     sample = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     sample = sample[:args.sample].sort().values.tolist()
 
     def group(rows, targets):
         x = normalize(ds.test_x[rows].to(device), config["mean"], config["std"])
-        try:
-            maps = torch.cat([grad_cam(model, layer, x[i:i + 256], targets[i:i + 256]).cpu()
-                              for i in range(0, len(rows), 256)])  # (N, H, W), bounded memory
-        except ValueError as e:
-            raise UserError(f"--layer {layer_name}: {e}") from None
-        gc = deletion_insertion(model, x, maps, targets, args.steps, batch_size=args.batch_size)
-        if (gc["deletion"][:, 0] - torch.from_numpy(probs[rows, targets])).abs().max() > 1e-3:
-            raise UserError(f"the {checkpoint} checkpoint does not reproduce {run}/predictions.npz; "
-                            f"re-run python evaluate.py --run {run}")
-        # A fresh generator per group: a case's predicted- and true-class baselines share one order.
-        g = torch.Generator().manual_seed(args.seed + 1)
-        rnd = deletion_insertion(model, x, None, targets, args.steps, g, args.batch_size)
-        return gc, rnd, summarise(gc, rnd, (maps.flatten(1).amax(1) == 0).sum())
+        return score(model, layer, layer_name, x, targets, args)
 
-    sample_gc, sample_rnd, sample_summary = group(sample, preds[sample])
-    first = sample[:RANDOMISED_IMAGES]
+    sample_maps, sample_gc, sample_rnd, sample_summary = group(sample, preds[sample])
+    first = sample[:RANDOMISED_IMAGES]  # their trained maps are the sample's first ones
     randomisation = randomisation_test(
         model, layer_name, normalize(ds.test_x[first].to(device), config["mean"], config["std"]),
-        torch.as_tensor(preds[first], device=device), args.seed)
+        torch.as_tensor(preds[first], device=device), args.seed, trained=sample_maps[:len(first)])
     out = {"run": str(run), "checkpoint": checkpoint, "layer": layer_name, "steps": args.steps,
            "fractions": [round(float(f), 6) for f in sample_gc["fractions"]],
            "deletion_baseline": "per-channel dataset mean (0 after normalisation)",
@@ -257,20 +280,11 @@ def measure(args):
            "seed": args.seed, "sample": dict(explained="predicted class", **sample_summary),
            "randomisation": randomisation}
     if case_rows:
-        classes, cases = config["classes"], []
         per_target = {t: group(case_rows, tgt) for t, tgt in
                       (("pred", preds[case_rows]), ("true", labels[case_rows]))}
-        for j, r in enumerate(case_rows):
-            case = {"index": int(indices[r]), "row": r, "true": int(labels[r]),
-                    "true_name": classes[labels[r]], "pred": int(preds[r]),
-                    "pred_name": classes[preds[r]], "confidence": round(float(probs[r, preds[r]]), 6)}
-            for t, (gc, rnd, _) in per_target.items():
-                case[f"{t}_class"] = {name: {f"{c}_auc": round(float(res[f"{c}_auc"][j]), 4)
-                                             for c in ("deletion", "insertion")}
-                                      for name, res in (("gradcam", gc), ("random", rnd))}
-            cases.append(case)
-        out.update(cases_file=str(cases_path), cases=cases,
-                   cases_summary={t: s for t, (_, _, s) in per_target.items()})
+        out.update(cases_file=str(cases_path),
+                   cases=case_entries(case_rows, per_target, probs, labels, indices, config["classes"]),
+                   cases_summary={t: s for t, (_, _, _, s) in per_target.items()})
     out.update(seconds=round(time.perf_counter() - t0, 3), device=device_name(device),
                commit=git_commit())
     save_json(out, run / "faithfulness.json")
@@ -327,7 +341,7 @@ def plot_randomisation(ax, rand):
 
 
 def main(argv=None):
-    return cli_guard(measure, build_parser().parse_args(argv))
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

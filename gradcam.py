@@ -3,12 +3,13 @@ for each failure case.
 
     python gradcam.py --run runs/baseline                      # cases from runs/baseline/failures.json
     python gradcam.py --run runs/baseline --layer layer3       # finer 8x8 maps for ResNet-18
-    python gradcam.py --run runs/c10 --cases other/failures.json --checkpoint best
 
-Writes runs/<name>/gradcam.png (per case: the image, the map for the predicted class and the map
-for the true class) and gradcam.npz (the maps, scaled and unscaled), and adds per-case `evidence`
-(mass in the centre, peak, correlation of the two maps, base rates of correctly classified images)
-to failures.json, refreshing automatic hypotheses.
+Writes, in the explained run's folder: gradcam.json (per case its `evidence`: mass in the centre,
+peak, correlation of the two maps, percentiles against correctly classified images; the Grad-CAM
+suggestions; and the case's `hypothesis`, composed here, once, from failures.py's suggestions and
+these, unless an analyst gave one; plus the base rates under `reference`), gradcam.npz (the maps,
+scaled and unscaled, which compare.py reuses) and gradcam.png (per case: the image, the map for the
+predicted class and the map for the true class). failures.json is read, never rewritten.
 """
 import bisect
 from pathlib import Path
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard,
-                    dataset_from_config, load_run, normalize, read_cases, read_json, resolve_device,
-                    save_figure, save_json)
+                    dataset_from_config, load_evaluated, normalize, read_cases, read_predictions,
+                    resolve_device, save_figure, save_json)
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
@@ -260,13 +261,13 @@ def plot(cases, images, maps_pred, maps_true, boxes, layer, title, path, per_ban
 def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder with failures.json from failures.py")
-    p.add_argument("--cases", default=None, help="failures.json to explain and annotate "
+    p.add_argument("--cases", default=None, help="failures.json whose cases to explain "
                    "(default: <run>/failures.json)")
     p.add_argument("--layer", default=None, help="any module name of the model "
                    "(default: layer4 for resnet18, relu3 (conv3 rectified) for simplecnn)")
-    # Default: the checkpoint evaluate.py used, so the maps explain the predictions analysed.
+    # Only the checkpoint evaluate.py used: the maps explain the predictions the cases came from.
     p.add_argument("--checkpoint", default=None, choices=("last", "best"),
-                   help="default: the one evaluate.py used")
+                   help="must be the one evaluate.py used (the default)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     # Base rates from a fixed sample's correctly classified images: a few seconds on a CPU.
@@ -275,32 +276,31 @@ def build_parser():
     return p
 
 
-def explain(args):
+def run(args):
     run = Path(args.run)
     cases_path = Path(args.cases) if args.cases else run / "failures.json"
     if not cases_path.is_file():
         raise UserError(f"{cases_path} does not exist; run python failures.py --run {run} first")
-    checkpoint, metrics = args.checkpoint, run / "metrics.json"
-    if checkpoint is None and metrics.is_file():
-        checkpoint = read_json(metrics, "metrics").get("checkpoint")
-    checkpoint = checkpoint or "last"
     device = resolve_device(args.device)
-    model, config, _ = load_run(run, checkpoint, device)
+    # The weights whose predictions failures.py analysed, and no other: maps of another checkpoint
+    # would explain predictions nobody selected cases from.
+    model, config, _, metrics = load_evaluated(run, device)
+    checkpoint = metrics.get("checkpoint", "last")
+    if args.checkpoint not in (None, checkpoint):
+        raise UserError(f"evaluate.py evaluated the {checkpoint} checkpoint of {run}, and the cases come "
+                        f"from its predictions; to explain {args.checkpoint}, re-run python evaluate.py "
+                        f"--run {run} --checkpoint {args.checkpoint} and failures.py first")
     layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
     layer = find_layer(model, layer_name, config["arch"])
     ds = dataset_from_config(config, args.data_dir)
     mean, std = config["mean"], config["std"]
-    failures, cases = read_cases(cases_path, ds.test_y.numpy(), ds.test_indices.numpy(), run)
+    pred_file = read_predictions(run)
+    _, cases = read_cases(cases_path, pred_file["labels"], pred_file["indices"], run,
+                          probs=pred_file["probs"])
     rows = torch.tensor([c["row"] for c in cases])
     x = normalize(ds.test_x[rows].to(device), mean, std)
     pred = torch.tensor([c["pred"] for c in cases], device=device)
     true = torch.tensor([c["true"] for c in cases], device=device)
-    with torch.no_grad():
-        conf = model(x).float().softmax(1).cpu()[torch.arange(len(cases)), pred.cpu()]
-    if (conf - torch.tensor([c["confidence"] for c in cases])).abs().max() > 1e-3:
-        raise UserError(f"the {checkpoint} checkpoint does not reproduce the probabilities in "
-                        f"{cases_path}; pass the --checkpoint evaluate.py used, or re-run "
-                        "evaluate.py and failures.py")
     sample = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:args.reference]
     try:
         raw_pred = grad_cam(model, layer, x, pred, scaled=False).cpu()  # (N, H, W)
@@ -311,28 +311,14 @@ def explain(args):
 
     maps_pred, maps_true = scale_per_image(raw_pred), scale_per_image(raw_true)
     boxes = ds.test_boxes[rows] if ds.test_boxes is not None else None
-    area = float(centre_mask(*x.shape[-2:]).float().mean())
-    for i, case in enumerate(cases):
-        ev = {"layer": layer_name, "checkpoint": checkpoint, "centre_area": round(area, 4),
-              "pred_true_correlation": correlation(maps_pred[i], maps_true[i])}
-        for key, cam in (("pred", maps_pred[i]), ("true", maps_true[i])):
-            ev[key] = map_stats(cam, boxes[i] if boxes is not None else None)
-            if ref["centre_mass"] and not ev[key]["empty"]:  # share of correct predictions at or below
-                below = bisect.bisect_right(ref["centre_mass"], ev[key]["centre_mass"])
-                ev[key]["centre_mass_percentile"] = round(below / len(ref["centre_mass"]), 4)
-        case["evidence"] = ev
-        case["suggestions"] = [s for s in case.get("suggestions", []) if not s.startswith("Grad-CAM")]
-        case["suggestions"] += cam_suggestions(case, ev, layer_name, ref)
-        if case.get("hypothesis_source", "auto") == "auto":
-            case["hypothesis"] = compose_hypothesis(case)
+    explained = [explain_case(case, maps_pred[i], maps_true[i], boxes[i] if boxes is not None else None,
+                              layer_name, checkpoint, ref) for i, case in enumerate(cases)]
     cm = ref.pop("centre_mass")
     quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
-    failures["gradcam_reference"] = dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
-                                         image_size=list(x.shape[-2:]), **ref,
-                                         centre_mass_quartiles=quartiles)
-
-    # The evidence first: make treats gradcam.npz, written after it, as up to date.
-    save_json(failures, cases_path)
+    result = {"run": str(run), "cases_file": str(cases_path), "layer": layer_name, "checkpoint": checkpoint,
+              "reference": dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
+                                image_size=list(x.shape[-2:]), **ref, centre_mass_quartiles=quartiles),
+              "cases": explained}
 
     def write_npz(f):
         np.savez_compressed(f, maps_pred=maps_pred.numpy(), maps_true=maps_true.numpy(),
@@ -344,10 +330,27 @@ def explain(args):
     atomic_write(run / "gradcam.npz", write_npz)
     plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
          f"{run.name}: where the network looked ({checkpoint} checkpoint)", run / "gradcam.png")
-    print(f"{run / 'gradcam.png'}: Grad-CAM at {layer_name} for {len(cases)} cases; "
-          f"evidence written to {cases_path}")
-    return {"maps_pred": maps_pred, "maps_true": maps_true, "cases": cases, "layer": layer_name,
-            "reference": failures["gradcam_reference"]}
+    save_json(result, run / "gradcam.json")  # last: make's target, so the maps above are current
+    print(f"{run / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")
+    return {"maps_pred": maps_pred, "maps_true": maps_true, **result}
+
+
+def explain_case(case, cam_pred, cam_true, box, layer_name, checkpoint, ref):
+    """gradcam.json's entry for one case of failures.json: evidence, suggestions, hypothesis."""
+    ev = {"layer": layer_name, "checkpoint": checkpoint, "centre_area": round(float(centre_mask(
+        *cam_pred.shape).float().mean()), 4), "pred_true_correlation": correlation(cam_pred, cam_true)}
+    for key, cam in (("pred", cam_pred), ("true", cam_true)):
+        ev[key] = map_stats(cam, box)
+        if ref["centre_mass"] and not ev[key]["empty"]:  # share of correct predictions at or below
+            below = bisect.bisect_right(ref["centre_mass"], ev[key]["centre_mass"])
+            ev[key]["centre_mass_percentile"] = round(below / len(ref["centre_mass"]), 4)
+    notes = cam_suggestions(case, ev, layer_name, ref)
+    analyst = case.get("hypothesis_source") == "analyst"
+    # The one place where the failure evidence and the Grad-CAM evidence become one hypothesis.
+    hypothesis = case["hypothesis"] if analyst else compose_hypothesis(
+        {**case, "suggestions": case.get("suggestions", []) + notes})
+    return {"index": case["index"], "row": case["row"], "evidence": ev, "suggestions": notes,
+            "hypothesis": hypothesis, "hypothesis_source": "analyst" if analyst else "auto"}
 
 
 def main(argv=None):
@@ -355,7 +358,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.reference < 0:
         parser.error("--reference must be at least 0")
-    return cli_guard(explain, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

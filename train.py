@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -64,6 +65,8 @@ def build_parser():
     a("--limit-train", type=int, default=None, help="train on a fixed random subset of N images")
     a("--limit-test", type=int, default=None, help="test on a fixed random subset of N images")
     a("--eval-batch-size", type=int, default=1024, help="test images per forward pass")
+    a("--tensorboard", action="store_true", help="also log each epoch's losses, accuracies and lr "
+      "to runs/<name>/tensorboard/ (pip install tensorboard); history.csv stays the source of truth")
     return p
 
 
@@ -114,6 +117,40 @@ def evaluate_loader(model, loader, criterion, amp_context):
     return loss_sum.item() / n, correct.item() / n
 
 
+class TensorBoardLog:
+    """--tensorboard: each epoch's history.csv row as TensorBoard scalars in runs/<name>/tensorboard/.
+
+    torch.utils.tensorboard is imported only when asked, since the package is optional, and as soon
+    as the log is made, so that a missing package stops the run before any data is read."""
+    TAGS = {"train_loss": "loss/train", "test_loss": "loss/test", "train_acc": "accuracy/train",
+            "test_acc": "accuracy/test", "lr": "lr"}
+
+    def __init__(self, enabled):
+        self.writer_class, self.writer = None, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package, which is not "
+                                "installed: pip install tensorboard") from None
+            self.writer_class = SummaryWriter
+
+    def log(self, run_dir, row):
+        if self.writer_class is None:
+            return
+        if self.writer is None:
+            # purge_step: a run killed after logging an epoch but before its checkpoint redoes that
+            # epoch on --resume; TensorBoard then drops the first attempt's points.
+            self.writer = self.writer_class(str(run_dir / "tensorboard"), purge_step=row["epoch"])
+        for key, tag in self.TAGS.items():
+            self.writer.add_scalar(tag, row[key], row["epoch"])
+        self.writer.flush()  # on disk at every epoch, as history.csv is
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 def plot_curves(history, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -160,48 +197,133 @@ def prepare_run(args):
     return run_dir, None
 
 
-def train(args):
-    run_dir, ckpt = prepare_run(args)
+def start_config(args, ckpt, ds, device, run_dir):
+    """The run's configuration: the saved one when resuming, else the flags plus what the data
+    and the machine say (classes, normalisation, versions); a fresh run gets an empty folder."""
     if ckpt is not None:
-        cfg = dict(ckpt["config"])
-        cfg["device"] = args.device  # the only flag a resume may change
-    else:
-        cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "argv")}
-        cfg["command"] = "python train.py " + " ".join(args.argv)
-    device = resolve_device(cfg["device"])
-    seed_everything(cfg["seed"], cfg["deterministic"])
-    ds = load_dataset(cfg["dataset"], cfg["data_dir"], not cfg["no_download"],
-                      cfg["limit_train"], cfg["limit_test"])
-    if ckpt is None:
-        mean, std = channel_stats(ds.train_x)
-        cfg.update(num_classes=ds.num_classes, classes=ds.classes, superclasses=ds.superclasses,
-                   mean=mean, std=std, n_train=len(ds.train_y), n_test=len(ds.test_y),
-                   git_commit=git_commit(), torch_version=str(torch.__version__),
-                   torchvision_version=str(__import__("torchvision").__version__),
-                   python_version=platform.python_version(), device_name=device_name(device),
-                   status="running")
-        if run_dir.exists() and args.overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg["milestones"], cfg["gamma"])
-    data_gen = torch.Generator().manual_seed(cfg["seed"])
-    start_epoch, history, best_acc, elapsed, train_elapsed = 0, [], -1.0, 0.0, 0.0
+        return dict(ckpt["config"], device=args.device)  # the only flag a resume may change
+    # Not settings, so not saved: --tensorboard only logs, and is given again with --resume.
+    cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "argv", "tensorboard")}
+    mean, std = channel_stats(ds.train_x)
+    cfg.update(command="python train.py " + " ".join(args.argv), num_classes=ds.num_classes,
+               classes=ds.classes, superclasses=ds.superclasses, mean=mean, std=std,
+               n_train=len(ds.train_y), n_test=len(ds.test_y), git_commit=git_commit(),
+               torch_version=str(torch.__version__),
+               torchvision_version=str(__import__("torchvision").__version__),
+               python_version=platform.python_version(), device_name=device_name(device),
+               status="running")
+    if run_dir.exists() and args.overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def build_state(cfg, ckpt, device):
+    """Model, optimizer, scheduler, data generator and progress, restored from ckpt if resuming."""
+    st = SimpleNamespace(
+        model=build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last),
+        data_gen=torch.Generator().manual_seed(cfg["seed"]), epoch=0, history=[], best_acc=-1.0,
+        elapsed=0.0, train_elapsed=0.0)
+    st.optimizer = make_optimizer(st.model, cfg)
+    st.scheduler = torch.optim.lr_scheduler.MultiStepLR(st.optimizer, cfg["milestones"], cfg["gamma"])
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        data_gen.set_state(ckpt["rng"]["data"])
+        st.model.load_state_dict(ckpt["model"])
+        st.optimizer.load_state_dict(ckpt["optimizer"])
+        st.scheduler.load_state_dict(ckpt["scheduler"])
+        st.data_gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
-        best_acc, elapsed, train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
-        print(f"resuming {run_dir} after epoch {start_epoch}")
+        st.epoch, st.history = ckpt["epoch"], list(ckpt["history"])
+        st.best_acc, st.elapsed, st.train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
+    return st
+
+
+def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
+    """One pass over the training set: (mean loss, accuracy, images seen). CutMix-ed batches count
+    their accuracy against both labels, weighted by lam."""
+    device = loader.images.device
+    st.model.train()
+    t0 = time.perf_counter()
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device)
+    seen = 0
+    # On a GPU, reading the loss every step would stall the pipeline: look every 50 steps.
+    sync_every = 1 if device.type == "cpu" else 50
+    postfix_every = 10 if device.type == "cpu" else 50
+    bar = tqdm(loader, desc=f"epoch {st.epoch + 1}/{cfg['epochs']}", leave=False, disable=None, file=sys.stdout)
+    for step, (x, y) in enumerate(bar):
+        mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=st.data_gen).item() < cfg["cutmix_prob"]
+        with amp_context():
+            if mixed:
+                x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], st.data_gen)
+                out = step_model(x)
+                loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
+            else:
+                out = step_model(x)
+                loss = criterion(out, y)
+        st.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        st.optimizer.step()
+        with torch.no_grad():
+            pred = out.argmax(1)
+            correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum() if mixed
+                        else (pred == y).sum())
+            loss_sum += loss.detach().float() * len(y)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                    torch.full_like(first_bad, step), first_bad)
+        seen += len(y)
+        if ((step + 1) % sync_every == 0 or step + 1 == len(loader)) and int(first_bad) >= 0:
+            raise UserError(f"the training loss became NaN/inf at epoch {st.epoch + 1}, "
+                            f"step {int(first_bad) + 1}; lower --lr (the last good checkpoint "
+                            f"{run_dir / 'last.pt'} is kept)")
+        if not bar.disable and (step + 1) % postfix_every == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+def save_epoch(st, cfg, run_dir, is_best):
+    """Everything a resume needs, after every epoch; best.pt when the test accuracy is the best yet."""
+    state = dict(model=st.model.state_dict(), optimizer=st.optimizer.state_dict(),
+                 scheduler=st.scheduler.state_dict(), epoch=st.epoch, history=st.history,
+                 best_acc=st.best_acc, elapsed=st.elapsed, train_elapsed=st.train_elapsed, config=cfg,
+                 rng=dict(data=st.data_gen.get_state(), torch=torch.get_rng_state()))
+    save_checkpoint(state, run_dir / "last.pt")
+    if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
+        save_checkpoint(state, run_dir / "best.pt")
+    write_history(st.history, run_dir / "history.csv")
+    plot_curves(st.history, run_dir / "curves.png")
+
+
+def finish(st, cfg, run_dir):
+    """config.json, written last: its presence means the run is complete."""
+    final, best = st.history[-1], max(st.history, key=lambda h: h["test_acc"])
+    cfg.update(status="complete", wall_seconds=round(st.elapsed, 2),
+               final_test_accuracy=final["test_acc"], best_test_accuracy=best["test_acc"],
+               best_epoch=best["epoch"], train_images_per_second=round(
+                   cfg["n_train"] * len(st.history) / max(st.train_elapsed, 1e-9), 1))
+    save_json(cfg, run_dir / "config.json")
+    print(f"done: {run_dir} final test accuracy {100 * final['test_acc']:.2f}% "
+          f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {st.elapsed:.1f} s")
+    return {"run_dir": str(run_dir), "final_test_accuracy": final["test_acc"],
+            "best_test_accuracy": best["test_acc"], "epochs": len(st.history)}
+
+
+def run(args):
+    run_dir, ckpt = prepare_run(args)
+    saved = ckpt["config"] if ckpt is not None else vars(args)
+    device = resolve_device(args.device)
+    tensorboard = TensorBoardLog(args.tensorboard)
+    seed_everything(saved["seed"], saved["deterministic"])
+    ds = load_dataset(saved["dataset"], saved["data_dir"], not saved["no_download"],
+                      saved["limit_train"], saved["limit_test"])
+    cfg = start_config(args, ckpt, ds, device, run_dir)
+    st = build_state(cfg, ckpt, device)
+    if ckpt is not None:
+        print(f"resuming {run_dir} after epoch {st.epoch}")
     train_loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
-                                device, train=True, augment=cfg["augment"], generator=data_gen)
-    test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"],
-                               cfg["std"], device)
-    step_model = torch.compile(model) if cfg["compile"] else model
+                                device, train=True, augment=cfg["augment"], generator=st.data_gen)
+    test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
+    step_model = torch.compile(st.model) if cfg["compile"] else st.model
     use_amp, note = autocast_mode(device, cfg["amp"])
     if note:
         print(note)
@@ -210,91 +332,28 @@ def train(args):
 
     def amp_context():
         return autocast(device, use_amp)
-
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    plain_ce = nn.CrossEntropyLoss()
-    # On a GPU, reading the loss every step would stall the pipeline: look every 50 steps.
-    sync_every = 1 if device.type == "cpu" else 50
-    postfix_every = 10 if device.type == "cpu" else 50
-    for epoch in range(start_epoch, cfg["epochs"]):
-        model.train()
+    while st.epoch < cfg["epochs"]:
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, device=device)
-        seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                   disable=None, file=sys.stdout)
-        for step, (x, y) in enumerate(bar):
-            mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=data_gen).item() < cfg["cutmix_prob"]
-            with amp_context():
-                if mixed:
-                    x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], data_gen)
-                    out = step_model(x)
-                    loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
-                else:
-                    out = step_model(x)
-                    loss = criterion(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                pred = out.argmax(1)
-                if mixed:
-                    correct += lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum()
-                else:
-                    correct += (pred == y).sum()
-                loss_sum += loss.detach().float() * len(y)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                        torch.full_like(first_bad, step), first_bad)
-            seen += len(y)
-            if (step + 1) % sync_every == 0 or step + 1 == len(train_loader):
-                bad = int(first_bad)
-                if bad >= 0:
-                    raise UserError(f"the training loss became NaN/inf at epoch {epoch + 1}, "
-                                    f"step {bad + 1}; lower --lr (the last good checkpoint "
-                                    f"{run_dir / 'last.pt'} is kept)")
-            if not bar.disable and (step + 1) % postfix_every == 0:
-                rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                                acc=f"{100 * correct.item() / seen:.1f}%", img_s=f"{rate:.0f}")
+        train_loss, train_acc, seen = train_epoch(st, step_model, train_loader, cfg, criterion, amp_context, run_dir)
         train_seconds = time.perf_counter() - t0
-        train_elapsed += train_seconds
-        test_loss, test_acc = evaluate_loader(model, test_loader, plain_ce, amp_context)
+        test_loss, test_acc = evaluate_loader(st.model, test_loader, nn.CrossEntropyLoss(), amp_context)
         seconds = time.perf_counter() - t0
-        elapsed += seconds
-        row = dict(epoch=epoch + 1, train_loss=round(loss_sum.item() / seen, 6),
-                   train_acc=round(correct.item() / seen, 6), test_loss=round(test_loss, 6),
-                   test_acc=round(test_acc, 6), lr=optimizer.param_groups[0]["lr"],
-                   seconds=round(seconds, 3))
-        history.append(row)
-        scheduler.step()
-        print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f} "
-              f"acc {100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} "
-              f"acc {100 * test_acc:.2f}% | {seen / train_seconds:.0f} img/s, {seconds:.1f} s",
-              flush=True)
-        is_best = test_acc > best_acc
-        best_acc = max(best_acc, test_acc)
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
-                     best_acc=best_acc, elapsed=elapsed, train_elapsed=train_elapsed, config=cfg,
-                     rng=dict(data=data_gen.get_state(), torch=torch.get_rng_state()))
-        save_checkpoint(state, run_dir / "last.pt")
-        if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
-            save_checkpoint(state, run_dir / "best.pt")
-        write_history(history, run_dir / "history.csv")
-        plot_curves(history, run_dir / "curves.png")
-    final = history[-1]
-    best = max(history, key=lambda h: h["test_acc"])
-    cfg.update(status="complete", wall_seconds=round(elapsed, 2),
-               final_test_accuracy=final["test_acc"], best_test_accuracy=best["test_acc"],
-               best_epoch=best["epoch"],
-               train_images_per_second=round(cfg["n_train"] * len(history) / max(train_elapsed, 1e-9), 1))
-    save_json(cfg, run_dir / "config.json")
-    print(f"done: {run_dir} final test accuracy {100 * final['test_acc']:.2f}% "
-          f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {elapsed:.1f} s")
-    return {"run_dir": str(run_dir), "final_test_accuracy": final["test_acc"],
-            "best_test_accuracy": best["test_acc"], "epochs": len(history)}
+        st.elapsed, st.train_elapsed, st.epoch = st.elapsed + seconds, st.train_elapsed + train_seconds, st.epoch + 1
+        row = dict(epoch=st.epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),
+                   test_loss=round(test_loss, 6), test_acc=round(test_acc, 6),
+                   lr=st.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3))
+        st.history.append(row)
+        st.scheduler.step()
+        print(f"epoch {st.epoch}/{cfg['epochs']}: train loss {train_loss:.4f} acc {100 * train_acc:.2f}% | "
+              f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {seen / train_seconds:.0f} img/s, "
+              f"{seconds:.1f} s", flush=True)
+        tensorboard.log(run_dir, row)
+        is_best = test_acc > st.best_acc
+        st.best_acc = max(st.best_acc, test_acc)
+        save_epoch(st, cfg, run_dir, is_best)
+    tensorboard.close()
+    return finish(st, cfg, run_dir)
 
 
 def main(argv=None):
@@ -302,7 +361,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_args(args, parser)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return cli_guard(train, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

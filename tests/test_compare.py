@@ -4,6 +4,7 @@ models with Grad-CAM."""
 import copy
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import common
 import compare
 import compare_figures
 import evaluate
+import failures
+import gradcam
 import train
 
 
@@ -35,8 +38,11 @@ def make_run(path, labels, pred, conf=None, num_classes=10, indices=None, checkp
            "classes": [f"c{k}" for k in range(num_classes)], "superclasses": None,
            "git_commit": "abc", "wall_seconds": 1.0, "data_dir": str(path.parent), **config}
     (path / "config.json").write_text(json.dumps(cfg))
-    (path / "metrics.json").write_text(json.dumps({"test_accuracy": float((probs.argmax(1) == labels).mean()),
-                                                   "checkpoint": checkpoint, "epoch": 4}))
+    # metrics.json as evaluate.py computes it from these predictions.
+    logits = torch.from_numpy(np.log(probs))
+    metrics = {**evaluate.classification_metrics(logits, torch.as_tensor(labels.copy()), num_classes),
+               **evaluate.calibration(probs, labels), "checkpoint": checkpoint, "epoch": 4}
+    (path / "metrics.json").write_text(json.dumps(metrics))
     np.savez(path / "predictions.npz", probs=probs, labels=labels, logits=np.log(probs),
              indices=np.arange(len(labels)) if indices is None else np.asarray(indices))
     return path
@@ -138,9 +144,12 @@ def test_per_class_changes_and_named_classes():
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
     b_ok = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1], bool)
     i_ok = np.array([0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1], bool)
-    rows, gains, losses = compare.per_class_changes({"labels": labels, "correct": b_ok},
-                                                    {"labels": labels, "correct": i_ok},
-                                                    [f"c{k}" for k in range(7)])
+    def side(ok):  # per-class accuracy as evaluate.py writes it into metrics.json
+        correct = torch.from_numpy(ok.astype(np.float64))
+        logits = torch.nn.functional.one_hot(torch.from_numpy(np.where(ok, labels, (labels + 1) % 7)), 7).double()
+        assert torch.equal((logits.argmax(1) == torch.from_numpy(labels)).double(), correct)
+        return {"labels": labels, "metrics": evaluate.classification_metrics(logits, torch.from_numpy(labels), 7)}
+    rows, gains, losses = compare.per_class_changes(side(b_ok), side(i_ok), [f"c{k}" for k in range(7)])
     assert [r["change"] for r in rows] == [-1.0, 1.0, 0.5, -0.5, 0.0, 0.0, None]
     assert rows[6] == {"class": 6, "name": "c6", "n": 0, "baseline": None, "improved": None, "change": None}
     assert [r["name"] for r in gains] == ["c1", "c2"] and [r["name"] for r in losses] == ["c0", "c3"]
@@ -264,6 +273,15 @@ def test_different_test_sets_are_refused(tmp_path, field):
     _fails(tmp_path, "were not evaluated on the same test set")
 
 
+def test_same_labels_of_another_dataset_are_refused(tmp_path):
+    """CIFAR-10's archive and a JPEG copy share labels and indices, not images."""
+    labels = np.arange(20) % 10
+    (tmp_path / "cifar10-jpeg").mkdir()
+    make_run(tmp_path / "base", labels, labels, dataset="cifar10")
+    make_run(tmp_path / "impr", labels, labels, dataset=str(tmp_path / "cifar10-jpeg"))
+    _fails(tmp_path, "were evaluated on different datasets (cifar10 vs")
+
+
 def test_missing_predictions_say_run_evaluate(pair):
     (pair / "impr" / "predictions.npz").unlink()
     _fails(pair, f"run python evaluate.py --run {pair / 'impr'} first")
@@ -305,30 +323,26 @@ def trained(tmp_path_factory):
         train.main(flags + ["--name", "impr", "--cutmix-prob", "0.5", "--label-smoothing", "0.1"])
         for name in ("base", "impr"):
             evaluate.main(["--run", str(root / name), "--device", "cpu"])
+        # The baseline's cases (two errors and a correct image) and their Grad-CAM, by the
+        # project's own writers.
+        pred = common.read_predictions(root / "base")
+        right = pred["probs"].argmax(1) == pred["labels"]
+        rows = [*np.flatnonzero(~right)[:2], np.flatnonzero(right)[0]]
+        failures.main(["--run", str(root / "base"), "--cases", *(str(pred["indices"][r]) for r in rows)])
+        gradcam.main(["--run", str(root / "base"), "--device", "cpu"])
         yield root
-
-
-def write_cases(run, rows, path):
-    """A hand-made failures.json for the given rows of run's predictions."""
-    pred = np.load(run / "predictions.npz")
-    cases = [{"index": int(pred["indices"][r]), "row": int(r), "true": int(pred["labels"][r]),
-              "pred": int(pred["probs"][r].argmax()), "confidence": float(pred["probs"][r].max())}
-             for r in rows]
-    path.write_text(json.dumps({"cases": cases}))
-    return path
 
 
 def test_end_to_end_with_gradcam(trained, monkeypatch):
     root = trained
     pred = np.load(root / "base" / "predictions.npz")
-    labels, right = pred["labels"], pred["probs"].argmax(1) == pred["labels"]
-    rows = [*np.flatnonzero(~right)[:2], np.flatnonzero(right)[0]]
+    labels = pred["labels"]
+    rows = [c["row"] for c in json.loads((root / "base" / "failures.json").read_text())["cases"]]
     titles, save = {}, compare_figures.save
     monkeypatch.setattr(compare_figures, "save", lambda fig, out, stem, plt: (
         titles.__setitem__(stem, fig.get_suptitle()), save(fig, out, stem, plt)))
     result = compare.main(["--baseline", str(root / "base"), "--improved", str(root / "impr"), "--cases",
-                           str(write_cases(root / "base", rows, root / "failures.json")),
-                           "--out", str(root / "cmp"), "--device", "cpu"])
+                           str(root / "base" / "failures.json"), "--out", str(root / "cmp"), "--device", "cpu"])
     saved = json.loads((root / "cmp" / "comparison.json").read_text())
     metrics = json.loads((root / "base" / "metrics.json").read_text())
     assert saved["accuracy_baseline"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
@@ -347,18 +361,27 @@ def test_end_to_end_with_gradcam(trained, monkeypatch):
             assert (root / "cmp" / f"{stem}.{ext}").stat().st_size > 1000, stem
 
 
+def test_gradcam_of_other_cases_is_refused(trained, tmp_path):
+    """compare.py reuses the baseline's maps from gradcam.py: they must be of the same cases."""
+    for name in ("base", "impr"):
+        shutil.copytree(trained / name, tmp_path / name)
+    data = json.loads((tmp_path / "base" / "failures.json").read_text())
+    data["cases"] = data["cases"][:2]
+    (tmp_path / "base" / "failures.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="gradcam.json does not explain the cases of failures.json"):
+        run_compare(tmp_path, "--cases", str(tmp_path / "base" / "failures.json"), "--device", "cpu")
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_stale_predictions_are_refused_before_gradcam(trained, tmp_path):
     root = trained
     for name in ("base", "impr"):  # copies, so the other test's runs stay intact
-        (tmp_path / name).mkdir()
-        for f in ("config.json", "metrics.json", "predictions.npz", "last.pt"):
-            (tmp_path / name / f).write_bytes((root / name / f).read_bytes())
+        shutil.copytree(root / name, tmp_path / name)
     state = torch.load(tmp_path / "impr" / "last.pt", weights_only=True)
     state["model"]["fc2.bias"] += 5 * torch.arange(10.0)  # a different model than evaluated
     torch.save(state, tmp_path / "impr" / "last.pt")
-    cases = write_cases(tmp_path / "base", [0], tmp_path / "failures.json")
-    with pytest.raises(SystemExit, match="does not reproduce its predictions.npz"):
-        run_compare(tmp_path, "--cases", str(cases), "--device", "cpu")
+    with pytest.raises(SystemExit, match="holds other weights than evaluate.py evaluated"):
+        run_compare(tmp_path, "--cases", str(tmp_path / "base" / "failures.json"), "--device", "cpu")
     assert not (tmp_path / "cmp").exists()  # refused before anything is written
 
 
@@ -399,6 +422,8 @@ def test_ablation_table_through_the_cli(pair):
     ok = np.arange(20) < 14
     make_run(pair / "ls-only", labels, np.where(ok, labels, (labels + 1) % 10), label_smoothing=0.1)
     result = run_compare(pair, "--ablation", str(pair / "ls-only"))
+    assert [p.name for p in (pair / "cmp").iterdir()] == ["ablation.json"]  # its summary, nothing else
+    assert json.loads((pair / "cmp" / "ablation.json").read_text())["ablation"] == result["ablation"]
     rows = {r["name"]: r for r in result["ablation"]}
     assert list(rows) == ["impr", "ls-only"]
     assert rows["ls-only"]["changed"] == {"label_smoothing": 0.1}
@@ -453,3 +478,19 @@ def test_ablation_run_without_config_is_an_error(pair):
     (pair / "half" / "config.json").unlink()
     _fails(pair, "half/config.json does not exist", "--ablation", str(pair / "half"))
     assert not (pair / "cmp").exists()
+
+
+def test_calibration_and_per_class_come_from_metrics_json(pair):
+    """compare.py reads what evaluate.py wrote instead of recomputing it: a changed metrics.json
+    shows through, and a metrics.json without those numbers is refused."""
+    path = pair / "base" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["ece"], metrics["per_class_accuracy"][3] = 0.123, 0.25
+    path.write_text(json.dumps(metrics))
+    result = run_compare(pair)
+    assert result["calibration"]["baseline"]["ece"] == 0.123
+    assert result["per_class"][3]["baseline"] == 0.25
+    del metrics["reliability"]
+    path.write_text(json.dumps(metrics))
+    shutil.rmtree(pair / "cmp")
+    _fails(pair, "metrics.json lacks reliability")

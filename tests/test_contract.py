@@ -1,10 +1,10 @@
 """The run-folder contract (common.py's Runs section): every bad form of a file that a later step
 reads ends in one sentence naming the file and its writer, a non-zero exit, and no file changed."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import common
 import corruptions
@@ -15,17 +15,10 @@ import gradcam
 import train
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A SimpleCNN trained 1 epoch on 256 synthetic images, evaluated on 60, with its failures."""
-    root = tmp_path_factory.mktemp("contract")
-    result = train.main(["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam",
-                         "--milestones", "--epochs", "1", "--batch-size", "64", "--limit-train", "256",
-                         "--limit-test", "60", "--runs-dir", str(root), "--name", "syn",
-                         "--data-dir", str(root / "data")])
-    evaluate.main(["--run", result["run_dir"]])
-    failures.main(["--run", result["run_dir"], "--num-cases", "2"])
-    return Path(result["run_dir"])
+@pytest.fixture
+def run(tiny_run):
+    """conftest's tiny run: evaluated, with its failures and Grad-CAM (never modified here)."""
+    return tiny_run
 
 
 def copy_run(run, dest):
@@ -125,3 +118,20 @@ def test_compare_truncated_predictions_and_case_missing_a_field(run, tmp_path, c
     refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(other), "--cases",
                                         str(tmp_path / "cases.json"), "--out", str(tmp_path / "c2")],
             "case 1 of")
+
+
+def test_gradcam_files_truncated_or_of_other_weights(run, tmp_path, capsys):
+    """compare.py reuses the baseline's gradcam.npz and every later step loads the weights
+    evaluate.py fingerprinted: a truncated npz or a replaced checkpoint is one sentence."""
+    import compare
+    base, other = copy_run(run, tmp_path / "b"), copy_run(run, tmp_path / "o")
+    (base / "gradcam.npz").write_bytes((run / "gradcam.npz").read_bytes()[:300])
+    argv = ["--baseline", str(base), "--improved", str(other), "--cases", str(base / "failures.json"),
+            "--out", str(tmp_path / "c")]
+    refused(capsys, base, compare.main, argv, "gradcam.npz cannot be read (BadZipFile: truncated or not gradcam.py's)")
+    state = torch.load(other / "last.pt", weights_only=True)
+    state["model"]["fc2.bias"] += 1.0  # retrained, say, after evaluate.py ran
+    torch.save(state, other / "last.pt")
+    for fn, args in ((gradcam.main, ["--run", str(other)]), (faithfulness.main, ["--run", str(other)]),
+                     (corruptions.main, ["--run", str(other)])):
+        refused(capsys, other, fn, args, "holds other weights than evaluate.py evaluated")

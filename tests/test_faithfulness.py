@@ -3,7 +3,6 @@ batching, seeding and side effects, and the command line on a tiny synthetic run
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,7 @@ import torch
 import torch.nn as nn
 
 import common
-import evaluate
-import failures
 import faithfulness
-import train
 from faithfulness import blurred, deletion_insertion
 
 H = W = 32
@@ -176,19 +172,6 @@ def test_inputs_model_state_and_mode_untouched():
 
 
 #### Command line on a tiny synthetic run
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """SimpleCNN, 1 epoch on 640 synthetic images, tested on 60: near chance, which is all a test of
-    the command line needs (a few seconds on 2 cores)."""
-    runs = tmp_path_factory.mktemp("runs")
-    result = train.main(["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam",
-                         "--epochs", "1", "--batch-size", "64", "--milestones", "--limit-train",
-                         "640", "--limit-test", "60", "--runs-dir", str(runs), "--name", "tiny"])
-    evaluate.main(["--run", result["run_dir"]])
-    failures.main(["--run", result["run_dir"], "--num-cases", "3"])
-    return Path(result["run_dir"])
-
 
 def test_cli_writes_faithfulness(tiny_run):
     out = faithfulness.main(["--run", str(tiny_run), "--steps", "8", "--device", "cpu"])

@@ -274,30 +274,36 @@ def test_cli_end_to_end(synthetic_run, tmp_path):
     hyp = tmp_path / "hyp.json"
     hyp.write_text(json.dumps({str(first): "the analyst's own idea"}))
     failures.main(["--run", str(run), "--num-cases", "3", "--hypotheses", str(hyp)])
-    out = gradcam.main(["--run", str(run)])
-    gradcam.main(["--run", str(run)])  # a second run replaces, not repeats, its suggestions
+    before = (run / "failures.json").read_bytes()
+    gradcam.main(["--run", str(run)])
+    out = gradcam.main(["--run", str(run)])  # a second run gives the same file
+    assert (run / "failures.json").read_bytes() == before  # read, never rewritten
     for f in ("gradcam.png", "gradcam.npz", "failures.png"):
         assert (run / f).stat().st_size > 0
-    data = json.loads((run / "failures.json").read_text())
-    ref = data["gradcam_reference"]
+    cases = json.loads(before)["cases"]
+    data = json.loads((run / "gradcam.json").read_text())
+    assert out["cases"] == data["cases"] and data["layer"] == "relu3"
+    ref = data["reference"]
     assert ref["map_size"] == [8, 8] and ref["image_size"] == [32, 32]  # relu3: conv3's 8x8 map
-    for case in data["cases"]:
-        ev = case["evidence"]
+    assert [c["index"] for c in data["cases"]] == [c["index"] for c in cases]
+    for case, explained in zip(cases, data["cases"]):
+        ev = explained["evidence"]
         assert ev["layer"] == "relu3" and 0 <= ev["pred"]["centre_mass"] <= 1
         assert isinstance(ev["pred"]["peak_in_box"], bool) and "box_mass" in ev["true"]
         assert ev["pred_true_correlation"] is None or -1 <= ev["pred_true_correlation"] <= 1
-        tagged = [s for s in case["suggestions"] if s.startswith("Grad-CAM")]
-        assert len(tagged) == len(set(tagged))
+        assert all(s.startswith("Grad-CAM") for s in explained["suggestions"])
         if case["index"] == first:
-            assert case["hypothesis"] == "the analyst's own idea"
-            assert case["hypothesis_source"] == "analyst"
-        else:
-            assert case["hypothesis"] == failures.compose_hypothesis(case)
+            assert explained["hypothesis"] == "the analyst's own idea"
+            assert explained["hypothesis_source"] == "analyst"
+        else:  # composed once, from both kinds of evidence
+            both = dict(case, suggestions=case["suggestions"] + explained["suggestions"])
+            assert explained["hypothesis"] == failures.compose_hypothesis(both)
+            assert explained["hypothesis_source"] == "auto"
     npz = np.load(run / "gradcam.npz")
     assert npz["maps_pred"].shape == npz["maps_true"].shape == (3, 32, 32)
     assert str(npz["layer"]) == "relu3"
     assert list(npz["classes"]) == json.loads((run / "config.json").read_text())["classes"]
-    assert list(npz["indices"]) == [c["index"] for c in data["cases"]]
+    assert list(npz["indices"]) == [c["index"] for c in cases]
     np.testing.assert_allclose(npz["maps_pred"], out["maps_pred"].numpy())
     raw = npz["raw_true"]  # unscaled: the scaled maps are these over their maxima
     peak = raw.max((1, 2), keepdims=True)
@@ -315,6 +321,8 @@ def test_cli_bad_input(synthetic_run, tmp_path, capsys):
     stale = json.loads((synthetic_run / "failures.json").read_text())
     stale["cases"][1]["confidence"] -= 0.01  # as if written from another checkpoint
     (tmp_path / "stale.json").write_text(json.dumps(stale))
-    with pytest.raises(SystemExit, match="does not reproduce the probabilities"):
+    with pytest.raises(SystemExit, match="was not written from the predictions of"):
         gradcam.main(["--run", str(synthetic_run), "--cases", str(tmp_path / "stale.json")])
+    with pytest.raises(SystemExit, match="evaluate.py evaluated the last checkpoint"):
+        gradcam.main(["--run", str(synthetic_run), "--checkpoint", "best"])
     assert json.loads((tmp_path / "stale.json").read_text()) == stale  # left as it was

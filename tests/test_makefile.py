@@ -38,3 +38,20 @@ def test_analysis_runs_every_step_but_the_pdfs(tmp_path):
                    "faithfulness.py", "compare.py"):
         assert script in out
     assert "report.py" not in out and "supplement.py" not in out
+
+
+def test_imported_weights_replace_training_in_their_own_study_folder(tmp_path):
+    runs, a, b = tmp_path / "runs", tmp_path / "a.pth", tmp_path / "b.pt"
+    a.write_bytes(b"0"), b.write_bytes(b"0")
+    out = make(runs, "analysis", "STUDY=smoke", f"BASELINE_WEIGHTS={a}", f"IMPROVED_WEIGHTS={b}").stdout
+    assert "train.py" not in out
+    assert f"evaluate.py --weights {a} --arch simplecnn --dataset synthetic --run {runs}/smoke-imported/baseline" in out
+    assert f"--weights {b} --arch simplecnn --dataset synthetic --run {runs}/smoke-imported/improved" in out
+    for args, message in (((f"BASELINE_WEIGHTS={a}",), "give both BASELINE_WEIGHTS and IMPROVED_WEIGHTS"),
+                          ((f"BASELINE_WEIGHTS={a}", f"IMPROVED_WEIGHTS={tmp_path}/c.pt"),
+                           f"IMPROVED_WEIGHTS={tmp_path}/c.pt does not exist"),
+                          (("seeds", f"BASELINE_WEIGHTS={a}", f"IMPROVED_WEIGHTS={b}"),
+                           "do not apply to imported weights")):
+        proc = make(runs, "all", *args)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not runs.exists()

@@ -249,8 +249,8 @@ def test_best_on_test_gap_and_high_ece_are_flagged_per_model():
     ([2, 2], r"are 2$\times$2, upsampled to 32$\times$32: each cell covers 16$\times$16 pixels"),
     ([8, 8], r"are 8$\times$8, upsampled to 32$\times$32; they are scaled per image")])
 def test_coarse_maps_sentence_says_how_coarse(size, expected):
-    failures = {"gradcam_reference": {"map_size": size, "image_size": [32, 32]}}
-    assert expected in prose.coarse_maps_sentence(failures, "layer4")
+    explained = {"reference": {"map_size": size, "image_size": [32, 32]}}
+    assert expected in prose.coarse_maps_sentence(explained, "layer4")
 
 
 def faith(*means):
@@ -274,3 +274,12 @@ def test_an_underfitting_baseline_is_flagged():
     text = prose.recipe_check_sentence(recipe_data(train_acc=0.758, losses=(1.2, 0.9, 0.69)))
     assert (r"The baseline ends at only 75.8\,\% training accuracy after 3 epochs: it under-fits"
             in text) and "over-fits" not in text
+
+
+def test_corruptions_sentence_names_the_published_files():
+    c = {"mean_corruption_error": {"baseline": 0.3, "improved": 0.25}, "severities": [1, 5], "n": 100,
+         "corruptions": ["fog", "frost"], "helps_most": ["fog"], "hurts_most": []}
+    assert "Under 2 synthetic corruptions at severities 1--5" in prose.corruptions_sentence({"corruptions": c})
+    c["source"] = "cifar-c"
+    text = prose.corruptions_sentence({"corruptions": c})
+    assert "Under 2 corruptions of the published CIFAR-C files at severities 1--5 (100 test images)" in text

@@ -200,8 +200,13 @@ def write_run(run, name, probs, labels, config):
     history[-1]["test_acc"] = acc
     cfg = {**config, "name": name, "final_test_accuracy": acc, "best_test_accuracy": acc, "best_epoch": 50}
     (run / "config.json").write_text(json.dumps(cfg))
-    (run / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "top5_accuracy": min(1, acc + 0.2),
-                                                  "checkpoint": "last", "epoch": 50}))
+    import torch
+
+    import evaluate
+    metrics = {**evaluate.classification_metrics(torch.from_numpy(np.log(probs)), torch.from_numpy(labels),
+                                                 probs.shape[1]),
+               **evaluate.calibration(probs, labels), "checkpoint": "last", "epoch": 50}
+    (run / "metrics.json").write_text(json.dumps(metrics))
     np.savez(run / "predictions.npz", probs=probs, labels=labels, logits=np.log(probs),
              indices=np.arange(len(labels)))
     train.plot_curves(history, run / "curves.png")
@@ -242,28 +247,32 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     ranked = wrong[np.argsort(-b["conf"][wrong], kind="stable")]
     rows, _ = failures.select_distinct(ranked, labels, b["pred"], num_cases)
     rows[1] = int(np.flatnonzero(~b["correct"] & i["correct"] & (labels == 0))[0])  # aquarium_fish, fixed
-    cases = []
+    cases, explained = [], []
     for k, r in enumerate(rows):
         case = failures.describe(r, b["probs"], labels, b["indices"], CLASSES, SUPER)
         case["suggestions"] = failures.suggest(case, {})
-        case["evidence"] = {"layer": "layer4", "checkpoint": "last", "centre_area": 0.5,
-                            "pred_true_correlation": None if k == 2 else 0.31,
-                            "pred": {"centre_mass": 0.42, "peak": [3, 20], "empty": False},
-                            "true": {"centre_mass": None, "peak": [0, 0], "empty": True} if k == 2 else
-                                    {"centre_mass": 0.7, "peak": [16, 16], "empty": False}}
         case["hypothesis"] = SPECIAL_HYPOTHESIS if k == 1 else failures.compose_hypothesis(case)
         case["hypothesis_source"] = "analyst" if k == 1 else "auto"
         cases.append(case)
+        evidence = {"layer": "layer4", "checkpoint": "last", "centre_area": 0.5,
+                    "pred_true_correlation": None if k == 2 else 0.31,
+                    "pred": {"centre_mass": 0.42, "peak": [3, 20], "empty": False},
+                    "true": {"centre_mass": None, "peak": [0, 0], "empty": True} if k == 2 else
+                            {"centre_mass": 0.7, "peak": [16, 16], "empty": False}}
+        explained.append({"index": case["index"], "row": case["row"], "evidence": evidence, "suggestions": [],
+                          "hypothesis": case["hypothesis"], "hypothesis_source": case["hypothesis_source"]})
     fdata = {"run": str(base), "cases": cases,
              "selection": {"source": "auto", "rule": "most confident errors"},
              "summary": {"n_test": n, "n_errors": len(wrong), "accuracy": 1 - len(wrong) / n,
                          "errors_at_confidence": {"0.5": 900, "0.9": 120, "0.99": 7},
                          "confused_pairs": [{"true": 0, "true_name": "aquarium_fish", "pred": 1,
                                              "pred_name": "sweet_pepper", "count": 17}],
-                         "errors_within_superclass": 1500, "share_within_superclass": 1500 / len(wrong)},
-             "gradcam_reference": {"layer": "layer4", "n": 150, "empty_share": 0.02,
-                                   "centre_mass_quartiles": [0.5, 0.6, 0.7]}}
+                         "errors_within_superclass": 1500, "share_within_superclass": 1500 / len(wrong)}}
     (base / "failures.json").write_text(json.dumps(fdata))
+    (base / "gradcam.json").write_text(json.dumps(
+        {"run": str(base), "layer": "layer4", "checkpoint": "last", "cases": explained,
+         "reference": {"layer": "layer4", "n": 150, "empty_share": 0.02, "map_size": [4, 4],
+                       "image_size": [32, 32], "centre_mass_quartiles": [0.5, 0.6, 0.7]}}))
 
     images = torch.randint(0, 256, (len(rows), 3, 32, 32), dtype=torch.uint8)
     maps = torch.rand(len(rows), 32, 32)
@@ -341,7 +350,7 @@ def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
             {"changed": {"label_smoothing": 0.1}, "accuracy": 0.595, "difference": -0.005, "mcnemar_p": 0.5}]
     for name, value in (("seeds", seeds), ("ablation", rows)):
         (study_copy / name).mkdir()
-        (study_copy / name / "comparison.json").write_text(json.dumps({name: value}))
+        (study_copy / name / f"{name}.json").write_text(json.dumps({name: value}))
     result = report.main(["--study", str(study_copy), "--out", str(study_copy / "report.pdf")])
     assert result["pages"] <= 6
     macros = (study_copy / "report" / "macros.tex").read_text()
@@ -360,6 +369,7 @@ def test_supplement_without_faithfulness_names_the_script(study_copy):
 @pytest.mark.parametrize("missing, producer", [
     ("compare/comparison.json", "compare.py"), ("compare/gradcam_compare.pdf", "compare.py"),
     ("baseline/failures.json", "failures.py"), ("baseline/gradcam.png", "gradcam.py"),
+    ("baseline/gradcam.json", "gradcam.py"),
     ("improved/metrics.json", "evaluate.py"), ("improved/config.json", "train.py")])
 def test_missing_input_names_the_step_that_writes_it(study_copy, missing, producer):
     (study_copy / missing).unlink()
@@ -371,12 +381,12 @@ def test_missing_input_names_the_step_that_writes_it(study_copy, missing, produc
     assert not (study_copy / "report.pdf").exists()
 
 
-def test_failures_without_gradcam_evidence_say_run_gradcam(study_copy):
-    path = study_copy / "baseline" / "failures.json"
+def test_gradcam_of_other_cases_says_run_gradcam(study_copy):
+    path = study_copy / "baseline" / "gradcam.json"
     data = json.loads(path.read_text())
-    del data["cases"][0]["evidence"]
+    data["cases"] = data["cases"][1:]  # older than failures.json
     path.write_text(json.dumps(data))
-    with pytest.raises(SystemExit, match="gradcam.py"):
+    with pytest.raises(SystemExit, match="does not explain the cases of failures.json.*gradcam.py"):
         report.main(["--study", str(study_copy)])
 
 
@@ -430,6 +440,30 @@ def test_smoke_study_end_to_end_and_reproducible(tmp_path):
     assert wanted <= recorded, wanted - recorded
     supplement.main(["--study", str(study), "--out", str(study / "supplement-again.pdf")])
     assert (study / "supplement-again.pdf").read_bytes() == supp
+    check_imported_study(study, tmp_path)
+
+
+def check_imported_study(study, runs_dir):
+    """make study with the trained models' weights given as outside checkpoints: the same
+    accuracies, and a report that says what it cannot know instead of empty values."""
+    proc = subprocess.run(["make", "study", "STUDY=smoke", f"PY={sys.executable}", f"RUNS_DIR={runs_dir}",
+                           "DEVICE=cpu", f"BASELINE_WEIGHTS={study / 'baseline' / 'last.pt'}",
+                           f"IMPROVED_WEIGHTS={study / 'improved' / 'last.pt'}"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train.py" not in proc.stdout
+    imported = runs_dir / "smoke-imported"
+    for role in ("baseline", "improved"):
+        assert (json.loads((imported / role / "metrics.json").read_text())["test_accuracy"]
+                == json.loads((study / role / "metrics.json").read_text())["test_accuracy"])
+    assert pdf_pages(imported / "report" / "build") <= 6 and (imported / "supplement.pdf").is_file()
+    macros = (imported / "report" / "macros.tex").read_text()
+    table = (imported / "report" / "table-config.tex").read_text()
+    assert "trained elsewhere and imported" in macros and "learning curves and training time are unknown" in macros
+    assert "unknown" in table and r"imported: \texttt{last.pt}" in table
+    for text in (macros, table):
+        assert not re.search(r"\bNone\b|n/a|seed None|epoch None", text), text
+    assert "\\HasBaseCurvesfalse" in macros and "curves.png" not in (imported / "report" / "figures.txt").read_text()
 
 
 @pytest.mark.parametrize("name, num_classes, expected", [

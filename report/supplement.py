@@ -9,13 +9,16 @@ report/supplement.tex) and supplement-body.tex (every number and sentence, gener
 the same inputs give the same PDF bytes, as for report.py.
 """
 import os
+import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard, read_json
 from prose import changed_list, p_tex, pct, signed, tex_escape
 from report import build_pdf, load_extras, source_date, write_text
 
-TEMPLATE = Path(__file__).resolve().parent / "report" / "supplement.tex"
+TEMPLATE = Path(__file__).resolve().parent / "supplement.tex"
 MODELS = ("baseline", "improved")
 
 
@@ -137,7 +140,7 @@ def seeds_and_ablation_section(seeds, ablation):
     return out
 
 
-def make_supplement(args):
+def run(args):
     study = Path(args.study)
     out = Path(args.out) if args.out else study / "supplement.pdf"
     paths = {"comparison": study / "compare" / "comparison.json",
@@ -174,7 +177,7 @@ def build_parser():
 
 
 def main(argv=None):
-    return cli_guard(make_supplement, build_parser().parse_args(argv))
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

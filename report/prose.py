@@ -250,7 +250,9 @@ def corruptions_sentence(cmp):
                  "fell" if mce["improved"] < mce["baseline"] else "rose")
     sev = c.get("severities") or [0]
     levels = f"severity {min(sev)}" if min(sev) == max(sev) else f"severities {min(sev)}--{max(sev)}"
-    s = (f"Under {count(len(c['corruptions']), 'synthetic corruption')} at {levels} "
+    kind = ("corruption of the published CIFAR-C files" if c.get("source") == "cifar-c"
+            else "synthetic corruption")
+    s = (f"Under {count(len(c['corruptions']), kind, kind.replace('corruption', 'corruptions', 1))} at {levels} "
          f"({count(c['n'], 'test image')}), the mean corruption error {direction}: "
          f"{pct(mce['baseline'])}\\,\\% for the baseline, {pct(mce['improved'])}\\,\\% for the "
          "improved model")
@@ -421,9 +423,9 @@ def errors_sentence(failures):
     return s
 
 
-def coarse_maps_sentence(failures, layer_tex):
+def coarse_maps_sentence(gradcam, layer_tex):
     """How coarse the explained layer's maps are, from the map and image sizes gradcam.py measured."""
-    ref = failures.get("gradcam_reference") or {}
+    ref = gradcam.get("reference") or {}
     (h, w), (H, W) = ref.get("map_size") or (None, None), ref.get("image_size") or (None, None)
     if not h:
         return (f"Grad-CAM maps are coarse (layer \\texttt{{{layer_tex}}}, upsampled to the image) "
@@ -455,8 +457,8 @@ def randomisation_sentence(faith):
                 "what the networks learned.")
 
 
-def gradcam_reference_sentence(failures):
-    ref = failures.get("gradcam_reference")
+def gradcam_reference_sentence(gradcam):
+    ref = gradcam.get("reference")
     if not ref or not ref.get("n"):
         return ""
     s = (f"For reference, over {ref['n']} correctly classified test images of a fixed sample, "
@@ -622,11 +624,90 @@ def limitation_sentences(data):
     return out
 
 
+#### What a run's training was, or what an imported model leaves unknown
+
+def training_sentence(cfg, met, role):
+    """The paragraph on one model's training: evaluate.py's accuracy first (float32, the number
+    every later section uses), then what train.py saw per epoch; for an imported model, what is
+    known of its weights and that its recipe, curves and time are not."""
+    acc = f"{pct(met['test_accuracy'])}\\,\\% test accuracy (top-5 {pct(met['top5_accuracy'])}\\,\\%)"
+    imported = cfg.get("imported")
+    if imported:
+        return (f"{role} was trained elsewhere and imported from \\texttt{{{tex_escape(Path(imported['weights']).name)}}} "
+                f"(SHA-256 \\texttt{{{imported['sha256'][:12]}}}, {tex_escape(imported['found'])}; input "
+                f"normalisation: {tex_escape(imported['normalisation'])}): its training recipe, learning "
+                f"curves and training time are unknown here. On the test set it reaches {acc}.")
+    which = SHORT_CHECKPOINT.get(met.get("checkpoint"), "final")
+    s = (f"{role} reaches {acc} with its {which} weights (epoch {met.get('epoch')} of {cfg['epochs']}); "
+         f"during training its best test accuracy, {pct(cfg['best_test_accuracy'])}\\,\\%, came at epoch "
+         f"{cfg['best_epoch']}.")
+    if cfg.get("precision") == "bf16 autocast" and met.get("checkpoint") == "last" \
+            and round(cfg["final_test_accuracy"], 4) != round(met["test_accuracy"], 4):
+        s += (f" Training measured the test set under bf16 autocast ({pct(cfg['final_test_accuracy'])}\\,\\% "
+              "at the last epoch), evaluation in float32.")
+    return s + (f" Training and testing took {seconds_text(cfg.get('wall_seconds'))} on "
+                f"{tex_escape(cfg.get('device_name', 'n/a'))} ({cfg.get('train_images_per_second', 0):.0f} "
+                "training images/s).")
+
+
+def imported_prose(data):
+    """The sentences about how the models were trained, rewritten when either was imported: they
+    say what this study cannot know instead of printing empty or invented values."""
+    cfg_b, cfg_i = data["base_config"], data["impr_config"]
+    which = and_list([r for r, c in (("baseline", cfg_b), ("improved model", cfg_i)) if c.get("imported")])
+    both = cfg_b.get("imported") and cfg_i.get("imported")
+    subject = "both models were" if both else f"the {which} was"
+    commit = tex_escape(str(data["comparison"].get("git_commit", "unknown"))[:12])
+    return {
+        "ImprovementName": "an improved model, both imported" if both else f"an improved model ({which} imported)",
+        "ProseStudyLead": (f"We take a baseline and an improved {setting_text('arch', cfg_b['arch'])} for "
+                           f"{dataset_name(cfg_b['dataset'], cfg_b.get('num_classes'))} ({subject} trained "
+                           f"elsewhere and imported),"),
+        "ProseSetupLead": (f"Both models are tested on the same {cfg_b['n_test']} images of "
+                           f"{cfg_b['num_classes']} classes; {subject} trained elsewhere, so Table~\\ref{{tab:config}} "
+                           "shows what is known of them and no setting can be named as their difference."),
+        "ProseCode": (f"This analysis ran at commit \\texttt{{{commit}}}; the training code of the "
+                      f"imported {'models' if both else which} is unknown."),
+        "ProseChanged": ("What differs between the two models' training is unknown to this study: the "
+                         "comparison below measures how they differ, not why."),
+        "ProseImprLead": "",
+        "ProseSeeds": "", "AbstractSeeds": "",
+        "ProseCheckpoint": (f"Imported weights are evaluated as given: whether "
+                            f"{'they are' if both else 'the ' + which + chr(39) + 's are'} final or "
+                            "best-on-test checkpoints is not known here."),
+        "LimitCheckpoint": (f"{'Both models' + chr(39) if both else 'The ' + which + chr(39) + 's'} weights were imported: whether "
+                            "their epoch was chosen on the test set, which would make the accuracy "
+                            "optimistic, is unknown."),
+        "LimitSeeds": ("One model per side: the spread between training runs is not measured, and a "
+                       "difference no larger than that spread would be invisible here."),
+        "LimitChanged": ("The models' training recipes are unknown, so the differences measured here "
+                         "cannot be attributed to a change of method."),
+        "ProseConclusion": conclusion_sentence(data["comparison"], "replacing the baseline by the improved model"),
+        "LimitRecipe": " ".join(
+            [w for w, _ in (_ece_check(data["base_metrics"], "baseline"),
+                            _ece_check(data["impr_metrics"], "improved model")) if w]
+            + ["Checks of the training recipe (the gain against published results, under- and "
+               "over-fitting, best-on-test against final accuracy) need the recipe and learning curves "
+               "that imported models lack."]),
+    }
+
+
 def prose(data):
     cmp, failures = data["comparison"], data["failures"]
     cfg_b, cfg_i = data["base_config"], data["impr_config"]
     name = improvement_name(cmp["changed_values"])
-    return {
+    text = {
+        "ProseStudyLead": (f"We train {setting_text('arch', cfg_b['arch'])} from scratch on "
+                           f"{dataset_name(cfg_b['dataset'], cfg_b.get('num_classes'))} twice, as a "
+                           f"baseline and with {name},"),
+        "ProseSetupLead": (f"Both runs train on the same {cfg_b['n_train']} images and are tested on the "
+                           f"same {cmp['n_test']} images of {cfg_b['num_classes']} classes, with the "
+                           "settings of Table~\\ref{tab:config}; the shaded rows are the settings that differ."),
+        "ProseImprLead": (f"The improved model differs from the baseline in the shaded rows of "
+                          f"Table~\\ref{{tab:config}} ({changed_list(cmp['changed_values'])})."),
+        "ProseBaseTraining": training_sentence(cfg_b, data["base_metrics"], "The baseline"),
+        "ProseImprTraining": training_sentence(cfg_i, data["impr_metrics"], "It" if not cfg_i.get("imported")
+                                               else "The improved model"),
         "ProseAccuracy": accuracy_sentence(cmp), "ProseSignificance": significance_sentence(cmp),
         "ProseHighConf": high_confidence_sentence(cmp), "ProseCalibration": calibration_sentence(cmp),
         "ProseCorruptions": corruptions_sentence(cmp),
@@ -639,9 +720,12 @@ def prose(data):
         "ProseCode": code_sentence(cfg_b, cfg_i), "ProseSelection": selection_sentence(failures),
         "ProsePerClass": per_class_sentence(cmp), "ProseCases": cases_sentence(cmp),
         "ProseErrors": errors_sentence(failures),
-        "ProseGradcamReference": gradcam_reference_sentence(failures),
-        "ProseCoarseMaps": coarse_maps_sentence(failures, tex_escape(cmp.get("gradcam_layer", ""))),
+        "ProseGradcamReference": gradcam_reference_sentence(data["gradcam"]),
+        "ProseCoarseMaps": coarse_maps_sentence(data["gradcam"], tex_escape(cmp.get("gradcam_layer", ""))),
         "ProseRandomisation": randomisation_sentence(data.get("faithfulness") or {}),
         "ProseImprCurves": training_curves_sentence(cfg_i), "ProseConclusion": conclusion_sentence(cmp, name),
         **limitation_sentences(data),
     }
+    if cfg_b.get("imported") or cfg_i.get("imported"):
+        text.update(imported_prose(data))
+    return text

@@ -1,7 +1,7 @@
 """Build a study's PDF report from its JSON results: generated LaTeX macros, tables and prose
 (the sentences come from prose.py).
 
-    python report.py --study runs/resnet18-cifar100 --out runs/resnet18-cifar100/report.pdf
+    python report/report.py --study runs/resnet18-cifar100 --out runs/resnet18-cifar100/report.pdf
 
 Needs the study folder that `make study` fills (baseline/, improved/, compare/), pdflatex and
 latexmk. Writes <out dir>/report/: macros.tex (every number and every result-dependent sentence as
@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import UserError, arg_parser, atomic_write, cli_guard, read_json
+if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import UserError, arg_parser, atomic_write, cli_guard, read_gradcam, read_json
 from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
                    dataset_name, improvement_name, p_tex, pct, prose, seconds_text, setting_text,
                    signed, tex_escape)
 
-TEMPLATE = Path(__file__).resolve().parent / "report" / "report.tex"
+TEMPLATE = Path(__file__).resolve().parent / "report.tex"
 STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values
 MAX_PAGES = 6
 # Figure sizes tried in turn until the report fits MAX_PAGES; below 0.85 the smallest labels
@@ -38,7 +40,7 @@ INPUTS = {
     "base_history": ("baseline/history.csv", "train.py"),
     "failures": ("baseline/failures.json", "failures.py"),
     "failures_png": ("baseline/failures.png", "failures.py"),
-    "gradcam_png": ("baseline/gradcam.png", "gradcam.py"),
+    "gradcam_png": ("baseline/gradcam.png", "gradcam.py"), "gradcam": ("baseline/gradcam.json", "gradcam.py"),
     "comparison": ("compare/comparison.json", "compare.py"),
     **{f"cmp_{s}": (f"compare/{s}.pdf", "compare.py")
        for s in ("confidence", "high_confidence", "per_class", "gradcam_compare")},
@@ -58,10 +60,10 @@ def load_extras(study, paths):
     are added to paths."""
     extras = {}
     for name in ("seeds", "ablation"):
-        path = study / name / "comparison.json"
+        path = study / name / f"{name}.json"
         if path.is_file():
-            paths[f"{name}_comparison"] = path
-            extras[name] = read_json(path, f"{name} comparison").get(name)
+            paths[f"{name}_summary"] = path
+            extras[name] = read_json(path, f"{name} summary").get(name)
     faith = {m: study / m / "faithfulness.json" for m in ("baseline", "improved")}
     if all(path.is_file() for path in faith.values()):  # the randomisation sentence needs both
         paths.update({f"{m}_faithfulness": path for m, path in faith.items()})
@@ -90,12 +92,16 @@ def load_study(study):
                else f"run python {script} for this study first")
         return UserError(f"{path} is missing; {script} writes it ({how})")
     paths = {key: study / rel for key, (rel, _) in INPUTS.items()}
+    # An imported model has no training history: its curves are absent, not missing.
+    for side, role in (("base", "baseline"), ("impr", "improved")):
+        if paths[f"{side}_config"].is_file() and read_json(paths[f"{side}_config"], "run config").get("imported"):
+            paths = {k: p for k, p in paths.items() if k not in (f"{side}_curves", f"{side}_history")}
     for key, path in paths.items():
         if not path.is_file():
             raise missing(path, INPUTS[key][1])
     data = {key: read_json(path, Path(INPUTS[key][0]).stem.replace("_", " "))
             for key, path in paths.items() if path.suffix == ".json"}
-    data["base_history"] = read_history(paths["base_history"])
+    data["base_history"] = read_history(paths["base_history"]) if "base_history" in paths else None
     cmp = data["comparison"]
     for stem in cmp.get("figures", []):
         if stem in OPTIONAL_FIGURES:
@@ -106,10 +112,11 @@ def load_study(study):
             print(f"note: comparison.json lists the figure {stem}, which report.tex does not place",
                   file=sys.stderr)
     data.update(load_extras(study, paths))
-    cases = data["failures"].get("cases") or []
-    if not cases or any("evidence" not in c for c in cases):
-        raise UserError(f"{paths['failures']} has no Grad-CAM evidence for its cases; gradcam.py "
-                        f"adds it (python gradcam.py --run {study / 'baseline'})")
+    cases = data["failures"].get("cases")
+    if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) and "index" in c for c in cases):
+        raise UserError(f"{paths['failures']} has no cases; write it with python failures.py "
+                        f"--run {study / 'baseline'}")
+    data["gradcam"] = read_gradcam(study / "baseline", cases)  # and checks it explains these cases
     for side in ("base", "impr"):
         key = "accuracy_baseline" if side == "base" else "accuracy_improved"
         if abs(data[f"{side}_metrics"]["test_accuracy"] - cmp[key]) > 1e-5:
@@ -126,7 +133,7 @@ def macros(data, figures, study_name):
          "DatasetName": dataset_name(cfg_b["dataset"], cfg_b.get("num_classes")),
          "ImprovementName": improvement_name(cmp["changed_values"]),
          "ChangedList": changed_list(cmp["changed_values"]), "NumChanged": str(len(cmp["changed_values"])),
-         "NumClasses": str(cfg_b["num_classes"]), "NumTrain": str(cfg_b.get("n_train", "n/a")),
+         "NumClasses": str(cfg_b["num_classes"]),
          "NumTest": str(cmp["n_test"]), "CamLayer": tex_escape(cmp.get("gradcam_layer", "")),
          "NumCases": str(len(failures["cases"])),
          "NumCasesFixed": str(sum(c["fixed"] for c in cmp["cases"] or [])),
@@ -141,14 +148,8 @@ def macros(data, figures, study_name):
     for side, who in (("Base", "base"), ("Impr", "impr")):
         cfg, met = data[f"{who}_config"], data[f"{who}_metrics"]
         m.update({f"{side}AccEval": pct(met["test_accuracy"]), f"{side}TopFive": pct(met["top5_accuracy"]),
-                  f"{side}AccFinal": pct(cfg["final_test_accuracy"]),
-                  f"{side}AccBest": pct(cfg["best_test_accuracy"]),
-                  f"{side}BestEpoch": str(cfg["best_epoch"]), f"{side}Epochs": str(cfg["epochs"]),
-                  f"{side}EvalEpoch": str(met.get("epoch", "n/a")),
-                  f"{side}Checkpoint": checkpoint_name(met.get("checkpoint", "last")),
-                  f"{side}Seed": str(cfg.get("seed")), f"{side}Wall": seconds_text(cfg.get("wall_seconds")),
-                  f"{side}Device": tex_escape(cfg.get("device_name", "n/a")),
-                  f"{side}ImagesPerSecond": f"{cfg.get('train_images_per_second', 0):.0f}"})
+                  f"{side}Checkpoint": ("imported" if cfg.get("imported") else
+                                        checkpoint_name(met.get("checkpoint", "last")))})
     t, nb, ni = at_threshold(cmp)
     m.update(HighConfThreshold=f"{t:g}", HighConfBase=str(nb), HighConfImpr=str(ni))
     for kind, rows in (("Gain", cmp["top_gains"]), ("Loss", cmp["top_losses"])):
@@ -159,8 +160,10 @@ def macros(data, figures, study_name):
     bad = [k for k in m if not re.fullmatch(r"[A-Za-z]+", k)]
     assert not bad, f"macro names must be letters only: {bad}"
     lines = [f"\\newcommand{{\\{k}}}{{{v}}}" for k, v in m.items()]
-    for stem, name in OPTIONAL_FIGURES.items():  # \ifHasReliability ... \fi in report.tex
-        lines.append(f"\\newif\\ifHas{name}\\Has{name}{'true' if f'Fig{name}' in figures else 'false'}")
+    flags = {f"Has{name}": f"Fig{name}" in figures for name in OPTIONAL_FIGURES.values()}
+    flags.update(HasBaseCurves="FigBaseCurves" in figures, HasImprCurves="FigImprCurves" in figures)
+    for name, on in flags.items():  # \ifHasReliability ... \fi in report.tex
+        lines.append(f"\\newif\\if{name}\\{name}{'true' if on else 'false'}")
     return "\n".join(lines) + "\n"
 
 
@@ -176,10 +179,16 @@ def config_table(data, changed):
     lines = [rf"\begin{{tabularx}}{{\linewidth}}{{@{{}}{ragged}p{{0.36\linewidth}}{ragged}X{ragged}X@{{}}}}",
              r"\toprule", rf"setting & {names[0]} & {names[1]} \\",
              r"\midrule"]
+    def shown(cfg, k):  # an imported model's recipe is unknown, not "--"
+        return "unknown" if cfg.get("imported") and k not in cfg else setting_text(k, cfg.get(k))
+    if cfg_b.get("imported") or cfg_i.get("imported"):
+        lines.append(r"weights & " + " & ".join(
+            rf"imported: \texttt{{{tex_escape(Path(c['imported']['weights']).name)}}}" if c.get("imported")
+            else "trained here" for c in (cfg_b, cfg_i)) + r" \\")
     for k in keys:
         if skip.get(k) and k not in changed:
             continue
-        b, i = setting_text(k, cfg_b.get(k)), setting_text(k, cfg_i.get(k))
+        b, i = shown(cfg_b, k), shown(cfg_i, k)
         label = tex_escape(SETTINGS.get(k, k))
         lines.append(rf"\rowcolor{{changed}}\textbf{{{label}}} & \textbf{{{b}}} & \textbf{{{i}}} \\"
                      if k in changed else rf"{label} & {b} & {i} \\")
@@ -187,13 +196,17 @@ def config_table(data, changed):
 
     def row(label, f):
         return rf"{label} & {f(cfg_b, met_b)} & {f(cfg_i, met_i)} \\"
+
+    def trained(f):  # what only a run trained here knows
+        return lambda c, m: "unknown" if c.get("imported") else f(c, m)
     lines += [r"\midrule",
-              row("evaluated checkpoint", lambda c, m: f"{SHORT_CHECKPOINT.get(m.get('checkpoint'), 'n/a')}, "
-                                                        f"epoch {m.get('epoch')}"),
-              row("training / test images", lambda c, m: f"{c.get('n_train')} / {c.get('n_test')}"),
-              row("wall time (train + test)", lambda c, m: seconds_text(c.get("wall_seconds"))),
-              row("device", lambda c, m: tex_escape(c.get("device_name", "n/a"))),
-              row("git commit", lambda c, m: rf"\texttt{{{tex_escape(str(c.get('git_commit'))[:12])}}}"),
+              row("evaluated checkpoint", lambda c, m: "as imported" if c.get("imported") else
+                  f"{SHORT_CHECKPOINT.get(m.get('checkpoint'), 'n/a')}, epoch {m.get('epoch')}"),
+              row("training / test images", lambda c, m: f"{c.get('n_train') or 'unknown'} / {c.get('n_test')}"),
+              row("wall time (train + test)", trained(lambda c, m: seconds_text(c.get("wall_seconds")))),
+              row("device", trained(lambda c, m: tex_escape(c.get("device_name", "n/a")))),
+              row("git commit (training)",
+                  trained(lambda c, m: rf"\texttt{{{tex_escape(str(c.get('git_commit'))[:12])}}}")),
               r"\bottomrule", r"\end{tabularx}"]
     return "\n".join(lines) + "\n"
 
@@ -235,14 +248,14 @@ def evidence_text(ev):
     return f"{one('pred.', ev['pred'])}; {one('true', ev['true'])}; {corr}"
 
 
-def cases_table(failures, cmp):
+def cases_table(failures, gradcam, cmp):
     later = {c["index"]: c for c in cmp.get("cases") or []}
     lines = [r"\begin{tabularx}{\linewidth}{@{}r>{\raggedright\arraybackslash}p{0.25\linewidth}rr"
              r">{\raggedright\arraybackslash}X>{\raggedright\arraybackslash}p{0.15\linewidth}@{}}",
              r"\toprule",
              r"\# & true $\to$ predicted & conf. & $p$(true), rank & Grad-CAM evidence & improved model \\",
              r"\midrule"]
-    for k, c in enumerate(failures["cases"]):
+    for k, (c, explained) in enumerate(zip(failures["cases"], gradcam["cases"])):
         pair = f"{tex_escape(c['true_name'])} $\\to$ {tex_escape(c['pred_name'])}"
         if "same_superclass" in c:
             pair += (f" (both {tex_escape(c['true_superclass'])})" if c["same_superclass"] else
@@ -250,11 +263,11 @@ def cases_table(failures, cmp):
         i = later.get(c["index"])
         after = ("--" if i is None else f"fixed ({i['improved_confidence']:.2f})" if i["fixed"] else
                  f"still wrong: {tex_escape(i['improved_pred_name'])} ({i['improved_confidence']:.2f})")
-        source = "analyst" if c.get("hypothesis_source") == "analyst" else "automatic"
+        source = "analyst" if explained["hypothesis_source"] == "analyst" else "automatic"
         lines += [f"{c['index']} & {pair} & {c['confidence']:.2f} & {c['true_prob']:.2f}, {c['true_rank']} & "
-                  f"{evidence_text(c['evidence'])} & {after} \\\\",
+                  f"{evidence_text(explained['evidence'])} & {after} \\\\",
                   rf"\multicolumn{{6}}{{@{{}}p{{\linewidth}}@{{}}}}{{\emph{{Hypothesis ({source}):}} "
-                  rf"{tex_escape(c['hypothesis'])}}} \\",
+                  rf"{tex_escape(explained['hypothesis'])}}} \\",
                   r"\midrule" if k + 1 < len(failures["cases"]) else r"\bottomrule"]
     return "\n".join(lines + [r"\end{tabularx}"]) + "\n"
 
@@ -263,8 +276,8 @@ def cases_table(failures, cmp):
 
 def figure_paths(paths, report_dir):
     """Figure macros -> paths relative to the report folder (LaTeX runs there)."""
-    keys = dict(FIGURE_MACROS, **{f"Fig{name}": f"cmp_{stem}" for stem, name in OPTIONAL_FIGURES.items()
-                                  if f"cmp_{stem}" in paths})
+    keys = {macro: key for macro, key in FIGURE_MACROS.items() if key in paths}  # no curves if imported
+    keys.update({f"Fig{name}": f"cmp_{stem}" for stem, name in OPTIONAL_FIGURES.items() if f"cmp_{stem}" in paths})
     out = {}
     for macro, key in keys.items():
         rel = Path(os.path.relpath(paths[key], report_dir)).as_posix()
@@ -288,7 +301,7 @@ def write_sources(study, paths, data, report_dir, scale=1):
     write_text(report_dir / "table-config.tex", config_table(data, cmp["changed_settings"]))
     write_text(report_dir / "table-twobytwo.tex", two_by_two_table(cmp))
     write_text(report_dir / "table-highconf.tex", high_confidence_table(cmp))
-    write_text(report_dir / "table-cases.tex", cases_table(data["failures"], cmp))
+    write_text(report_dir / "table-cases.tex", cases_table(data["failures"], data["gradcam"], cmp))
     write_text(report_dir / "figures.txt", "".join(f"{p}\n" for p in figures.values()))
     write_text(report_dir / "report.tex", TEMPLATE.read_text())
     return figures
@@ -335,7 +348,7 @@ def build_pdf(report_dir, epoch, name="report"):
     return build / f"{name}.pdf", int(match.group(1))
 
 
-def make_report(args):
+def run(args):
     study, paths, data = load_study(args.study)
     out = Path(args.out) if args.out else study / "report.pdf"
     report_dir = out.parent / "report"
@@ -372,7 +385,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.max_pages < 1:
         p.error("--max-pages must be at least 1")
-    return cli_guard(make_report, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 No complete CIFAR-100 is available offline here, so this exercises the real CIFAR-100 path (archive
 parsing, 100 classes, 20 superclasses, the reports) at any size, up to the official one:
-    python tests/make_cifar_archive.py data/synthetic-cifar100.tar.gz      # 50,000 + 10,000
+    python tools/make_cifar_archive.py data/synthetic-cifar100.tar.gz      # 50,000 + 10,000
     python train.py --dataset data/synthetic-cifar100.tar.gz ...
 
 --pixels shapes (the default) makes the classes learnable: CIFAR-100's class k is the shape

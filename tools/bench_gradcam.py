@@ -1,8 +1,8 @@
 """Grad-CAM throughput: gradcam.grad_cam against pytorch-grad-cam's GradCAM, same maps required.
 
     pip install -r requirements-bench.txt      # grad-cam (pytorch-grad-cam), benchmark only
-    python bench_gradcam.py                    # CPU or GPU, batch 64, random-init models
-    python bench_gradcam.py --batch-size 256 --repeats 10
+    python tools/bench_gradcam.py                    # CPU or GPU, batch 64, random-init models
+    python tools/bench_gradcam.py --batch-size 256 --repeats 10
 
 For each model and layer: images/s of a plain no-grad forward pass (the floor: no Grad-CAM can be
 faster) and of both implementations on the same model, batch, targets and device (median over
@@ -12,10 +12,14 @@ by the maximum: an affine difference, so the correlation should be 1).
 A benchmark, not a test.
 """
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name,
                     resolve_device)
 from gradcam import grad_cam
@@ -50,7 +54,7 @@ def min_correlation(a, b):
     return r.min().item(), int((~keep).sum())
 
 
-def bench(args):
+def run(args):
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -110,7 +114,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1:
         p.error("--batch-size and --repeats must be at least 1")
-    return cli_guard(bench, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

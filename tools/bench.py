@@ -1,7 +1,7 @@
 """Training-throughput benchmark: the reference-style input pipeline against the project's.
 
-    python bench.py                       # ResNet-18, batch 128, on whatever device is present
-    python bench.py --arch simplecnn --steps 20
+    python tools/bench.py                       # ResNet-18, batch 128, on whatever device is present
+    python tools/bench.py --arch simplecnn --steps 20
 
 (a) reference style: a torchvision-style dataset that returns PIL images, PIL transforms
     (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) and a DataLoader;
@@ -12,11 +12,15 @@ Prints images/s, seconds per 50,000-image epoch and the ratios to (a) and to (b)
 A benchmark, not a test.
 """
 import itertools
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode,
                     build_model, channel_stats, cli_guard, device_name, load_dataset,
                     resolve_device)
@@ -86,7 +90,7 @@ def time_training(arch, num_classes, batches, device, steps, warmup, amp=False, 
     return n / (time.perf_counter() - t0)
 
 
-def bench(args):
+def run(args):
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     args.steps = args.steps or (50 if cuda else 3)
@@ -143,7 +147,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if (args.steps is not None and args.steps < 1) or args.batch_size < 1 or (args.warmup or 0) < 0:
         p.error("--steps and --batch-size must be at least 1, --warmup at least 0")
-    return cli_guard(bench, args)
+    return cli_guard(run, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""Fixtures shared by several test files, built once per session by the project's own scripts.
+
+They are read-only for the tests that use them: a test that damages a file works on a copy.
+"""
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import failures
+import gradcam
+import train
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """SimpleCNN, 1 epoch on 640 synthetic images, tested on 60, as make study leaves a baseline:
+    evaluated, its 3 failure cases selected and explained. Near chance, which is all the command
+    lines and the run-folder contract need (a few seconds on 2 cores)."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = train.main(["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam",
+                         "--epochs", "1", "--batch-size", "64", "--milestones", "--limit-train", "640",
+                         "--limit-test", "60", "--runs-dir", str(runs), "--name", "tiny", "--device", "cpu",
+                         "--data-dir", str(runs / "data")])
+    run = Path(result["run_dir"])
+    evaluate.main(["--run", str(run), "--device", "cpu"])
+    failures.main(["--run", str(run), "--num-cases", "3"])
+    gradcam.main(["--run", str(run), "--device", "cpu"])
+    return run
