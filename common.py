@@ -672,8 +672,12 @@ def cutmix(images, labels, alpha, generator=None):
 
 #### Runs
 
-def load_run(run_dir, checkpoint="last", device="cpu"):
-    """Rebuild a trained model from runs/<name>: (model in eval mode, config, checkpoint dict)."""
+# What every later step reads from config.json (train.py's, or evaluate.py --weights' for an import).
+CONFIG_KEYS = ("arch", "dataset", "num_classes", "classes", "mean", "std")
+
+
+def read_config(run_dir):
+    """A finished run's config.json, holding CONFIG_KEYS; an unfinished training says how to resume."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train it with train.py first")
@@ -681,6 +685,17 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
         raise UserError(f"{run_dir} has not finished training (no config.json yet); continue it "
                         f"with: python train.py --resume --name {run_dir.name} --runs-dir {run_dir.parent}")
     config = read_json(run_dir / "config.json", "run config")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise UserError(f"{run_dir / 'config.json'} lacks {', '.join(missing)}; it is not train.py's "
+                        "(retrain the run, or import its weights with evaluate.py --weights)")
+    return config
+
+
+def load_run(run_dir, checkpoint="last", device="cpu"):
+    """Rebuild a trained model from runs/<name>: (model in eval mode, config, checkpoint dict)."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
     if config.get("imported") and checkpoint != "last":
         raise UserError(f"{run_dir} holds imported weights only (last.pt): it has no {checkpoint}.pt; "
                         "use --checkpoint last")

@@ -26,7 +26,7 @@ import numpy as np
 import compare_figures as figures
 import corruptions
 from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, dataset_from_config, git_commit,
-                    load_evaluated, normalize, read_cases, read_gradcam, read_gradcam_maps, read_json,
+                    load_evaluated, normalize, read_cases, read_config, read_gradcam, read_gradcam_maps,
                     read_metrics, read_predictions, resolve_device, save_json)
 from evaluate import ECE_BINS
 from gradcam import find_layer, grad_cam  # the same maps as gradcam.py's figures
@@ -54,7 +54,7 @@ def load_side(run):
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist; train it with train.py and evaluate it first")
     side = read_predictions(run)
-    side.update(run=run, config=read_json(run / "config.json", "run config"), metrics=read_metrics(run))
+    side.update(run=run, config=read_config(run), metrics=read_metrics(run))
     side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
     side["correct"] = side["pred"] == side["labels"]
     return side

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (UserError, arg_parser, cli_guard, dataset_from_config, read_json,
+from common import (UserError, arg_parser, cli_guard, dataset_from_config, read_config, read_json,
                     read_predictions, save_figure, save_json)
 
 THRESHOLDS = (0.5, 0.9, 0.99)
@@ -182,7 +182,7 @@ def choose_rows(args, ranked, labels, preds, indices):
 def run(args):
     run = Path(args.run)
     pred_file = read_predictions(run)
-    config = read_json(run / "config.json", "run config")
+    config = read_config(run)
     probs, labels, indices = pred_file["probs"], pred_file["labels"], pred_file["indices"]
     classes, superclasses = config["classes"], config.get("superclasses")
     preds, conf = probs.argmax(1), probs.max(1)

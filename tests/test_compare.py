@@ -36,7 +36,8 @@ def make_run(path, labels, pred, conf=None, num_classes=10, indices=None, checkp
     cfg = {"arch": "simplecnn", "dataset": "synthetic", "name": path.name, "seed": 42, "epochs": 4,
            "label_smoothing": 0.0, "cutmix_prob": 0.0, "augment": "none", "num_classes": num_classes,
            "classes": [f"c{k}" for k in range(num_classes)], "superclasses": None,
-           "git_commit": "abc", "wall_seconds": 1.0, "data_dir": str(path.parent), **config}
+           "git_commit": "abc", "wall_seconds": 1.0, "data_dir": str(path.parent),
+           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], **config}
     (path / "config.json").write_text(json.dumps(cfg))
     # metrics.json as evaluate.py computes it from these predictions.
     logits = torch.from_numpy(np.log(probs))

@@ -135,3 +135,12 @@ def test_gradcam_files_truncated_or_of_other_weights(run, tmp_path, capsys):
     for fn, args in ((gradcam.main, ["--run", str(other)]), (faithfulness.main, ["--run", str(other)]),
                      (corruptions.main, ["--run", str(other)])):
         refused(capsys, other, fn, args, "holds other weights than evaluate.py evaluated")
+
+
+def test_config_missing_what_later_steps_read(run, tmp_path, capsys):
+    bad = copy_run(run, tmp_path / "c")
+    config = common.read_json(bad / "config.json", "run config")
+    del config["mean"]
+    common.save_json(config, bad / "config.json")
+    for fn in (failures.main, gradcam.main, corruptions.main):
+        refused(capsys, bad, fn, ["--run", str(bad)], "config.json lacks mean; it is not train.py's")

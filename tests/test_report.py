@@ -233,6 +233,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
               "seed": 42, "runs_dir": str(study), "data_dir": str(study / "no-data"), "amp": True, "compile": False, "deterministic": False,
               "limit_train": None, "limit_test": None, "num_classes": c, "classes": CLASSES,
               "superclasses": SUPER, "n_train": 50000, "n_test": n, "git_commit": "0123456789abcdef-dirty",
+              "mean": [0.507, 0.487, 0.441], "std": [0.267, 0.256, 0.276],
               "device_name": "NVIDIA H100 80GB HBM3", "wall_seconds": 480.0,
               "train_images_per_second": 9000.0}
     base, impr = study / "baseline", study / "improved"
