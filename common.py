@@ -160,6 +160,13 @@ def git_commit():
     return rev + ("-dirty" if dirty else "")
 
 
+def provenance():
+    """What produced a run, for its config.json: code version and library versions."""
+    return {"git_commit": git_commit(), "torch_version": str(torch.__version__),
+            "torchvision_version": str(__import__("torchvision").__version__),
+            "python_version": platform.python_version()}
+
+
 #### Atomic output: a crash or a bad input never leaves a half-written file behind
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -294,6 +301,7 @@ class Dataset:
     superclasses: list = None       # CIFAR-100: superclass name of each class
     test_boxes: torch.Tensor = None  # synthetic: object box (x0, y0, x1, y1), exclusive ends
     test_indices: torch.Tensor = field(default=None)  # original test indices after --limit-test
+    n_test_full: int = None  # images in the whole test set, before --limit-test
 
     @property
     def num_classes(self):
@@ -545,6 +553,7 @@ def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_t
     train_idx = subset_indices(len(ds.train_y), limit_train)
     if train_idx is not None:
         ds.train_x, ds.train_y = ds.train_x[train_idx], ds.train_y[train_idx]
+    ds.n_test_full = len(ds.test_y)
     test_idx = subset_indices(len(ds.test_y), limit_test)
     ds.test_indices = test_idx if test_idx is not None else torch.arange(len(ds.test_y))
     if test_idx is not None:
@@ -869,8 +878,8 @@ def read_cases(path, labels, indices, run, fields=CASE_FIELDS, probs=None):
 
 
 def read_gradcam(run, cases):
-    """gradcam.py's gradcam.json of a run, checked to explain exactly `cases` (failures.json's, in
-    order); its cases in that order."""
+    """gradcam.py's gradcam.json of a run, checked to explain exactly `cases` (failures.json's),
+    in the same order, with the weights that metrics.json names."""
     path = Path(run) / "gradcam.json"
     redo = f"python gradcam.py --run {run}"
     if not path.is_file():
@@ -881,6 +890,9 @@ def read_gradcam(run, cases):
                                            for c in explained] != [c["index"] for c in cases]:
         raise UserError(f"{path} does not explain the cases of failures.json (it is older, or made "
                         f"for other cases); re-run {redo}")
+    if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
+        raise UserError(f"{path} explains other weights than metrics.json's (the run was re-evaluated "
+                        f"since); re-run {redo}")
     return data
 
 

@@ -291,7 +291,7 @@ def calibration_summary(base, impr):
     cal = {k: s["metrics"] for k, s in (("baseline", base), ("improved", impr))}
     out = {"n_bins": ECE_BINS, **{k: {m: round(c[m], 6) for m in ("nll", "brier", "ece")} for k, c in cal.items()}}
     out["difference"] = {m: round(cal["improved"][m] - cal["baseline"][m], 6) for m in ("nll", "brier", "ece")}
-    return out, cal
+    return out
 
 
 def provenance(base, impr):
@@ -427,7 +427,7 @@ def statistics(base, impr, args):
             "high_confidence_errors": high_confidence_table(base, impr),
             "confidence": {"bins": bins.round(4).tolist(), "baseline": confidence_summary(base, bins),
                            "improved": confidence_summary(impr, bins)},
-            "calibration": calibration_summary(base, impr)[0],
+            "calibration": calibration_summary(base, impr),
             "label_error_suspects": label_error_suspects(base, impr, base["config"]["classes"]),
             "per_class": rows, "top_gains": gains, "top_losses": losses,
             "corruptions": None, "cases": None,
@@ -446,7 +446,8 @@ def write_figures(result, base, impr, cam, grids, test_x, out):
         figures.plot_confidence(base, impr, names, bins, out, plt)
         figures.plot_high_confidence(result["high_confidence_errors"], names, out, plt)
         figures.plot_per_class(result["per_class"], result["top_gains"], result["top_losses"], out, plt)
-        figures.plot_reliability(calibration_summary(base, impr)[1], names, out, plt)
+        # evaluate.py's calibration with its reliability bins, as metrics.json holds it
+        figures.plot_reliability({"baseline": base["metrics"], "improved": impr["metrics"]}, names, out, plt)
         if result["corruptions"]:
             figures.plot_corruptions(result["corruptions"], *grids, names, out, plt)
         if cam is not None:

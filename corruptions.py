@@ -85,13 +85,6 @@ def load_npy(path):
     return array
 
 
-def full_test_size(config, ds, data_dir):
-    """Images in the dataset's whole test set, of which ds holds only the run's --limit-test subset."""
-    if config.get("limit_test") is None:
-        return len(ds.test_y)
-    return len(dataset_from_config({**config, "limit_test": None}, data_dir).test_y)
-
-
 class CifarC:
     """A folder of the published files: labels.npy and <corruption>.npy, each of 5 blocks (severities
     1-5) of the whole test set in the official order; checked against a run and read by rows."""
@@ -129,13 +122,13 @@ class CifarC:
                                 f"{', '.join(self.present)}")
         return names
 
-    def check(self, ds, config, data_dir, names):
+    def check(self, ds, config, names):
         """Refuse files that do not belong to the run's test set: its order, size, labels, image shape."""
         if ds.name not in ("cifar10", "cifar100"):
             raise UserError(f"--cifar-c needs a run on the cifar10 or cifar100 archive, whose test order "
                             f"the files follow; this run's dataset is {config['dataset']} (a folder copy "
                             "lists its images by class, not in the official order)")
-        n = self.n_full = full_test_size(config, ds, data_dir)
+        n = self.n_full = ds.n_test_full  # the files hold the whole test set, the run maybe a subset
         path = self.folder / "labels.npy"
         labels = load_npy(path)
         if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != 5 * n:
@@ -179,7 +172,7 @@ def corrupted_images(args, cifar_c, names, config, ds, rows, images):
     if cifar_c is None:
         return lambda name, severity, k, start, stop: corrupt(
             images[start:stop], name, severity, cell_seed(args.seed, name, severity, k))
-    cifar_c.check(ds, config, args.data_dir, names)
+    cifar_c.check(ds, config, names)
     official = (ds.test_indices if rows is None else ds.test_indices[rows]).numpy()
     return lambda name, severity, k, start, stop: cifar_c.images(
         name, severity, official[start:stop]).to(images.device)

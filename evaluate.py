@@ -13,7 +13,6 @@ weights as last.pt), so every later step treats it like a trained run:
         --run runs/imported/baseline
 """
 import hashlib
-import platform
 import shutil
 import sys
 import time
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
                     build_model, channel_stats, cli_guard, dataset_from_config, find_state_dict,
-                    git_commit, load_checkpoint, load_dataset, load_run, resolve_device, save_checkpoint,
+                    load_checkpoint, load_dataset, load_run, provenance, resolve_device, save_checkpoint,
                     save_json, state_dict_mismatch, weights_fingerprint)
 
 
@@ -74,7 +73,8 @@ def check_import_args(args, parser):
 
 def import_weights(args):
     """Write args.run as a run folder from an outside checkpoint: last.pt, then config.json (last:
-    load_run treats a folder without it as unfinished). The weights must fit --arch exactly."""
+    load_run treats a folder without it as unfinished). The weights must fit --arch exactly.
+    Returns the dataset, which the evaluation then uses instead of loading it again."""
     run, weights = Path(args.run), Path(args.weights)
     if run.exists() and not run.is_dir():
         raise UserError(f"--run {run} is a file; give a folder for the imported run")
@@ -98,16 +98,14 @@ def import_weights(args):
                   mean=list(mean), std=list(std), n_train=None, n_test=len(ds.test_y),
                   imported=dict(weights=str(weights), sha256=sha256, found=how,
                                 normalisation="given" if args.mean is not None else "dataset statistics"),
-                  command="python evaluate.py " + " ".join(args.argv), git_commit=git_commit(),
-                  torch_version=str(torch.__version__),
-                  torchvision_version=str(__import__("torchvision").__version__),
-                  python_version=platform.python_version(), status="imported")
+                  command="python evaluate.py " + " ".join(args.argv), **provenance(), status="imported")
     if run.is_dir() and args.overwrite:
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "epoch": None, "config": config}, run / "last.pt")
     save_json(config, run / "config.json")
     print(f"imported {weights} ({how}) into {run}")
+    return ds
 
 
 @torch.no_grad()
@@ -177,11 +175,13 @@ def calibration(probs, labels, n_bins=ECE_BINS):
                             "confidence": listed(mean_conf), "accuracy": listed(acc)}}
 
 
-def run_evaluation(args):
+def run_evaluation(args, ds=None):
+    """Predictions and metrics of the run's checkpoint; ds: its dataset if already loaded."""
     t0 = time.perf_counter()
     device = resolve_device(args.device)
     model, config, ckpt = load_run(args.run, args.checkpoint, device)
-    ds = dataset_from_config(config, args.data_dir)
+    if ds is None:
+        ds = dataset_from_config(config, args.data_dir)
     logits = predict(model, ds.test_x, config["mean"], config["std"], args.batch_size)
     probs = logits.softmax(1)
     metrics = classification_metrics(logits, ds.test_y, config["num_classes"])
@@ -205,9 +205,7 @@ def run_evaluation(args):
 
 def run(args):
     """Import --weights first if given, then evaluate the run folder."""
-    if args.weights:
-        import_weights(args)
-    return run_evaluation(args)
+    return run_evaluation(args, import_weights(args) if args.weights else None)
 
 
 def main(argv=None):

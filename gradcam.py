@@ -316,6 +316,7 @@ def run(args):
     cm = ref.pop("centre_mass")
     quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
     result = {"run": str(run), "cases_file": str(cases_path), "layer": layer_name, "checkpoint": checkpoint,
+              "weights_sha256": metrics.get("weights_sha256"),  # the maps' model: read_gradcam checks it
               "reference": dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
                                 image_size=list(x.shape[-2:]), **ref, centre_mass_quartiles=quartiles),
               "cases": explained}

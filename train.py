@@ -10,7 +10,6 @@ The second variant (CIFAR-10, SimpleCNN, Adam), on the folder copy of CIFAR-10:
 """
 import csv
 import io
-import platform
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
                     autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name,
-                    git_commit, load_checkpoint, load_dataset, resolve_device, save_checkpoint,
+                    load_checkpoint, load_dataset, provenance, resolve_device, save_checkpoint,
                     save_figure, save_json, seed_everything)
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
@@ -207,11 +206,8 @@ def start_config(args, ckpt, ds, device, run_dir):
     mean, std = channel_stats(ds.train_x)
     cfg.update(command="python train.py " + " ".join(args.argv), num_classes=ds.num_classes,
                classes=ds.classes, superclasses=ds.superclasses, mean=mean, std=std,
-               n_train=len(ds.train_y), n_test=len(ds.test_y), git_commit=git_commit(),
-               torch_version=str(torch.__version__),
-               torchvision_version=str(__import__("torchvision").__version__),
-               python_version=platform.python_version(), device_name=device_name(device),
-               status="running")
+               n_train=len(ds.train_y), n_test=len(ds.test_y), **provenance(),
+               device_name=device_name(device), status="running")
     if run_dir.exists() and args.overwrite:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -92,15 +92,21 @@ def load_study(study):
                else f"run python {script} for this study first")
         return UserError(f"{path} is missing; {script} writes it ({how})")
     paths = {key: study / rel for key, (rel, _) in INPUTS.items()}
-    # An imported model has no training history: its curves are absent, not missing.
-    for side, role in (("base", "baseline"), ("impr", "improved")):
-        if paths[f"{side}_config"].is_file() and read_json(paths[f"{side}_config"], "run config").get("imported"):
+    data = {}
+    for side in ("base", "impr"):
+        path = paths[f"{side}_config"]
+        if not path.is_file():
+            raise missing(path, INPUTS[f"{side}_config"][1])
+        data[f"{side}_config"] = read_json(path, "run config")
+        if data[f"{side}_config"].get("imported"):  # no training history: curves absent, not missing
             paths = {k: p for k, p in paths.items() if k not in (f"{side}_curves", f"{side}_history")}
     for key, path in paths.items():
         if not path.is_file():
             raise missing(path, INPUTS[key][1])
-    data = {key: read_json(path, Path(INPUTS[key][0]).stem.replace("_", " "))
-            for key, path in paths.items() if path.suffix == ".json"}
+    # gradcam.json is read below, with the check that it explains failures.json's cases.
+    data.update({key: read_json(path, Path(INPUTS[key][0]).stem.replace("_", " "))
+                 for key, path in paths.items()
+                 if path.suffix == ".json" and key not in data and key != "gradcam"})
     data["base_history"] = read_history(paths["base_history"]) if "base_history" in paths else None
     cmp = data["comparison"]
     for stem in cmp.get("figures", []):

@@ -144,3 +144,16 @@ def test_config_missing_what_later_steps_read(run, tmp_path, capsys):
     common.save_json(config, bad / "config.json")
     for fn in (failures.main, gradcam.main, corruptions.main):
         refused(capsys, bad, fn, ["--run", str(bad)], "config.json lacks mean; it is not train.py's")
+
+
+def test_gradcam_of_other_weights_is_refused(run, tmp_path, capsys):
+    """A run re-evaluated after gradcam.py ran: its maps explain weights that are no longer its own."""
+    import compare
+    base, other = copy_run(run, tmp_path / "b"), copy_run(run, tmp_path / "o")
+    explained = common.read_json(base / "gradcam.json", "Grad-CAM results")
+    assert explained["weights_sha256"] == common.read_metrics(base)["weights_sha256"]
+    explained["weights_sha256"] = "0" * 64
+    common.save_json(explained, base / "gradcam.json")
+    refused(capsys, base, compare.main, ["--baseline", str(base), "--improved", str(other), "--cases",
+                                         str(base / "failures.json"), "--out", str(tmp_path / "c")],
+            "gradcam.json explains other weights than metrics.json's")
