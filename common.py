@@ -161,10 +161,11 @@ def git_commit():
 
 
 def provenance():
-    """What produced a run, for its config.json: code version and library versions."""
+    """What produced a run, for its config.json: code version, library versions, and the folder it
+    ran in (the base of the relative --dataset and --data-dir paths config.json keeps as given)."""
     return {"git_commit": git_commit(), "torch_version": str(torch.__version__),
             "torchvision_version": str(__import__("torchvision").__version__),
-            "python_version": platform.python_version()}
+            "python_version": platform.python_version(), "working_dir": os.getcwd()}
 
 
 #### Atomic output: a crash or a bad input never leaves a half-written file behind
@@ -719,6 +720,12 @@ def load_run(run_dir, checkpoint="last", device="cpu"):
     return model.to(device).eval(), config, ckpt
 
 
+def checkpoint_words(config, checkpoint):
+    """What figures and the supplement call the evaluated weights: an imported model's only file is
+    saved as last.pt, but "last checkpoint" would claim a training that this project never saw."""
+    return "imported weights" if config.get("imported") else f"{checkpoint} checkpoint"
+
+
 # Where saved files keep the weights (PyTorch tutorials, this project, Lightning, ad-hoc scripts),
 # and the prefixes wrappers add to every key: DataParallel/DDP, torch.compile, Lightning modules.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -911,6 +918,25 @@ def read_gradcam_maps(run, indices, layer, checkpoint):
 
 
 def dataset_from_config(config, data_dir=None):
-    """The dataset a run was trained on, with the same test subset (never downloads)."""
-    return load_dataset(config["dataset"], data_dir or config["data_dir"], download=False,
+    """The dataset a run was trained on, with the same test subset (never downloads).
+
+    config.json keeps --dataset and --data-dir as the user typed them; a relative path that does not
+    exist from here is taken relative to the folder the run was made in, so that later steps may
+    run from anywhere.
+    """
+    made_in = config.get("working_dir")
+
+    def located(path):
+        if made_in and not Path(path).is_absolute() and not Path(path).exists():
+            return str(Path(made_in) / path)
+        return path
+
+    name = config["dataset"]
+    if name not in ARCHIVES and name != "synthetic":
+        name = located(name)
+        if not Path(name).exists():
+            where = f" nor under {made_in}, where the run was made" if made_in else ""
+            raise UserError(f"the run's dataset {config['dataset']} is not found from {os.getcwd()}{where}; "
+                            "run from the folder the run was made in or put the dataset back there")
+    return load_dataset(name, data_dir or located(config["data_dir"]), download=False,
                         limit_train=config.get("limit_train"), limit_test=config.get("limit_test"))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard,
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, checkpoint_words, cli_guard,
                     dataset_from_config, device_name, git_commit, load_evaluated, normalize,
                     read_cases, read_predictions, resolve_device, save_figure, save_json)
 from gradcam import find_layer, grad_cam
@@ -288,7 +288,7 @@ def run(args):
     out.update(seconds=round(time.perf_counter() - t0, 3), device=device_name(device),
                commit=git_commit())
     save_json(out, run / "faithfulness.json")
-    plot(sample_summary, out, run / "faithfulness.png")
+    plot(sample_summary, out, run / "faithfulness.png", checkpoint_words(config, checkpoint))
     aucs = ", ".join(f"{c} AUC {sample_summary['gradcam'][c + '_auc']['mean']:.3f} vs "
                      f"{sample_summary['random'][c + '_auc']['mean']:.3f}" for c in ("deletion", "insertion"))
     print(f"{run / 'faithfulness.json'}: {sample_summary['n']} test images, Grad-CAM at {layer_name} "
@@ -296,7 +296,7 @@ def run(args):
     return out
 
 
-def plot(summary, out, path):
+def plot(summary, out, path, weights):
     """Mean deletion and insertion curves, Grad-CAM vs random order; two ~3.3-inch panels."""
     import matplotlib
     matplotlib.use("Agg")
@@ -321,7 +321,7 @@ def plot(summary, out, path):
         plot_randomisation(axes[2], out["randomisation"])
         fig.get_layout_engine().set(wspace=0.06)  # keep 100% and 0% of adjacent panels apart
         fig.suptitle(f"{Path(out['run']).name}: {summary['n']} test images, Grad-CAM at "
-                     f"{out['layer']} ({out['checkpoint']} checkpoint)", fontsize=8)
+                     f"{out['layer']} ({weights})", fontsize=8)
         save_figure(fig, path, dpi=200)
         plt.close(fig)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UserError, arg_parser, atomic_write, cli_guard, read_json
+from common import UserError, arg_parser, atomic_write, checkpoint_words, cli_guard, read_config, read_json
 from prose import changed_list, p_tex, pct, signed, tex_escape
 from report import build_pdf, load_extras, source_date, write_text
 
@@ -24,6 +24,14 @@ MODELS = ("baseline", "improved")
 
 def auc(stats):
     return f"{stats['mean']:.3f} $\\pm$ {stats['std']:.3f}"
+
+
+def weights_words(study, faith):
+    """Which weights the maps explain: one phrase when both models agree, else one per model."""
+    words = {m: checkpoint_words(read_config(study / m), faith[m]["checkpoint"]) for m in MODELS}
+    if len(set(words.values())) == 1:
+        return words[MODELS[0]]
+    return "; ".join(f"{m}: {w}" for m, w in words.items())
 
 
 def faithfulness_section(study, faith, report_dir):
@@ -39,7 +47,7 @@ def faithfulness_section(study, faith, report_dir):
         f"{{{os.path.relpath(study / m / 'faithfulness.png', report_dir)}}}\\end{{center}}" for m in MODELS)
     return rf"""\section{{Are the Grad-CAM maps faithful?}}
 Deletion and insertion curves (Petsiuk et al., 2018) on {f['sample']['n']} test images, for each model's
-predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_escape(f['checkpoint'])} checkpoint):
+predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_escape(weights_words(study, faith))}):
 the pixels a map ranks highest are replaced first, in {f['steps']} steps, by the {tex_escape(f['deletion_baseline'])}
 (deletion: lower area under the curve is better) or put back first into a copy blurred with a
 {tex_escape(f['insertion_start'])} (insertion: higher is better). A random pixel order is the yardstick;

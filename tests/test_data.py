@@ -180,6 +180,23 @@ def test_folder_without_test_split_is_a_clear_error(tmp_path):
         load_dataset(str(root), tmp_path / "data")
 
 
+def test_a_runs_relative_dataset_path_is_found_from_another_folder(tmp_path, monkeypatch):
+    """config.json keeps --dataset imgs and --data-dir data as typed; later steps run elsewhere."""
+    made = tmp_path / "project"
+    make_folder(made / "imgs")
+    monkeypatch.chdir(made)
+    config = {"dataset": "imgs", "data_dir": "data", "limit_train": None, "limit_test": 4,
+              **common.provenance()}
+    here = common.dataset_from_config(config)
+    assert config["working_dir"] == str(made)
+    monkeypatch.chdir(tmp_path)
+    elsewhere = common.dataset_from_config(config)
+    assert torch.equal(elsewhere.test_x, here.test_x) and elsewhere.test_indices.tolist() == here.test_indices.tolist()
+    assert not (tmp_path / "data").exists()  # the cache of the run's own data folder was used
+    with pytest.raises(UserError, match="the run.s dataset gone is not found from .* nor under .*project"):
+        common.dataset_from_config({**config, "dataset": "gone"})
+
+
 def test_unreadable_image_is_named(tmp_path):
     root = make_folder(tmp_path / "imgs")
     (root / "train" / "dog" / "0002.png").write_bytes(b"not an image")

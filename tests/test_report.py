@@ -465,6 +465,9 @@ def check_imported_study(study, runs_dir):
     for text in (macros, table):
         assert not re.search(r"\bNone\b|n/a|seed None|epoch None", text), text
     assert "\\HasBaseCurvesfalse" in macros and "curves.png" not in (imported / "report" / "figures.txt").read_text()
+    # The maps explain the weights as imported: they were saved as last.pt, but no training made them.
+    assert "} (imported weights):" in (imported / "report" / "supplement-body.tex").read_text()
+    assert "} (last checkpoint):" in (study / "report" / "supplement-body.tex").read_text()
 
 
 @pytest.mark.parametrize("name, num_classes, expected", [
