@@ -273,3 +273,40 @@ def test_amp_without_native_bf16_falls_back_to_float32_with_a_note(tmp_path, mon
     cfg = json.loads((Path(result["run_dir"]) / "config.json").read_text())
     assert cfg["amp"] and cfg["precision"] == "float32"
     assert "lacks; training in float32" in capsys.readouterr().out
+
+
+#### tools/amp_check.py: the precision comparison from a checkpoint
+
+def test_amp_check_starts_every_pass_from_the_same_checkpoint(tiny_run):
+    """The same seed gives the same pass (the optimizer's state is not carried from one pass to the
+    next), another seed another pass: what the float32 spread is measured from."""
+    import amp_check
+    ckpt = common.load_checkpoint(tiny_run / "last.pt")
+    cfg = dict(ckpt["config"], limit_train=192, limit_test=60)
+    ds = common.dataset_from_config(cfg)
+    cpu = torch.device("cpu")
+    runs = [amp_check.one_pass(ckpt, cfg, ds, cpu, seed, False) for seed in (1, 1, 2)]
+    for r in runs:
+        r.pop("images_per_second")
+    assert runs[0] == runs[1] and runs[0]["train_loss"] != runs[2]["train_loss"]
+
+
+def test_amp_check_refuses_a_file_that_is_not_a_training_checkpoint(tiny_run, tmp_path):
+    import amp_check
+    torch.save(torch.load(tiny_run / "last.pt", weights_only=True)["model"], tmp_path / "weights.pt")
+    with pytest.raises(SystemExit) as exc:
+        amp_check.main(["--checkpoint", str(tmp_path / "weights.pt")])
+    # Without native bf16 there is nothing to compare, which it says before reading anything.
+    expected = "is not a train.py checkpoint" if common.cpu_has_native_bf16() else "native bf16"
+    assert expected in str(exc.value.code) and "\n" not in str(exc.value.code)
+
+
+@needs_bf16
+def test_amp_check_compares_both_precisions_per_seed(tiny_run, tmp_path):
+    import amp_check
+    out = tmp_path / "amp.json"
+    result = amp_check.main(["--checkpoint", str(tiny_run / "last.pt"), "--limit-train", "128",
+                             "--limit-test", "60", "--seeds", "3", "4", "--out", str(out)])
+    assert [(r["seed"], r["precision"]) for r in result["rows"]] == [
+        (3, "float32"), (3, "bf16 autocast"), (4, "float32"), (4, "bf16 autocast")]
+    assert json.loads(out.read_text())["rows"] == result["rows"] and result["n_train"] == 128
