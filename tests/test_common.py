@@ -289,14 +289,14 @@ def test_every_script_takes_any_device_string():
     """No script limits --device to a fixed list ("cuda" and "cpu"): cuda:1 and mps parse."""
     import importlib
     for script in ("train", "evaluate", "gradcam", "faithfulness", "corruptions", "compare", "bench",
-                   "bench_gradcam"):
+                   "bench_gradcam", "amp_check"):
         parser = importlib.import_module(script).build_parser()
         for action in (a for a in parser._actions if "--device" in a.option_strings):
             assert action.choices is None and action.default == "auto", script
 
 
 SCRIPTS = ("train", "evaluate", "failures", "gradcam", "faithfulness", "corruptions", "compare",
-           "report", "supplement", "bench", "bench_gradcam")
+           "report", "supplement", "bench", "bench_gradcam", "amp_check")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -33,7 +33,7 @@ def build_parser():
     p.add_argument("--limit-train", type=int, default=10000, help="training images of the one pass")
     p.add_argument("--limit-test", type=int, default=2000, help="test images to measure on")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="order and augmentation seeds")
-    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="overrides the run's --data-dir")
     p.add_argument("--out", default=None, help="also write the table as JSON here")
     return p
@@ -94,7 +94,10 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.limit_train, args.limit_test) < 1:
+        parser.error("--limit-train and --limit-test must be at least 1")
     return cli_guard(run, args)
 
 
