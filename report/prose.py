@@ -197,6 +197,18 @@ def significance_sentence(cmp):
             f"test gives {p_tex(p)}{verdict}.")
 
 
+def smoothing_cap(cmp, t):
+    """(eps, cap) when the improvement adds label smoothing eps and the threshold t lies within 0.1
+    of cap = 1 - eps + eps/C, the top-class probability its targets ask for: the improved model's
+    predictions rarely reach t then, right or wrong, so its count at t reflects the targets."""
+    eps = ((cmp.get("changed_values") or {}).get("label_smoothing") or {}).get("improved")
+    n_classes = len(cmp.get("per_class") or [])
+    if not eps or not n_classes:
+        return None
+    cap = 1 - eps + eps / n_classes
+    return (eps, cap) if t >= cap - 0.1 else None
+
+
 def high_confidence_sentence(cmp):
     t, nb, ni = at_threshold(cmp)
     errors_b, errors_i = cmp["corrected"] + cmp["both_wrong"], cmp["worsened"] + cmp["both_wrong"]
@@ -223,6 +235,13 @@ def high_confidence_sentence(cmp):
         elif ni > nb and mi > mb:
             s += ("; part of the rise may be higher confidence across the board: the improved "
                   f"model is also more confident on its correct predictions (mean {means})")
+    capped = smoothing_cap(cmp, t)
+    if capped:
+        eps, cap = capped
+        s += (f". Label smoothing {eps:g} trains the improved model towards a top-class probability "
+              f"of {cap:.2f} ($1-\\varepsilon+\\varepsilon/C$), so few of its predictions, right or "
+              f"wrong, reach {t:g}: its count at this threshold reflects its targets as much as its "
+              "errors, and the lower thresholds of the figure compare the models more fairly")
     return s + "."
 
 
@@ -490,7 +509,9 @@ def conclusion_sentence(cmp, name):
             f"{pct(cmp['accuracy_improved'])}\\,\\% ({signed(d)} points, 95\\,\\% interval "
             f"[{signed(cmp['bootstrap_ci95'][0])}, {signed(cmp['bootstrap_ci95'][1])}]; McNemar "
             f"{p_tex(cmp['mcnemar_p'])}, {sig} at the 0.05 level) and {hc} the wrong predictions made "
-            f"with confidence $\\geq$ {t:g} ({nb} $\\to$ {ni}).")
+            f"with confidence $\\geq$ {t:g} ({nb} $\\to$ {ni})"
+            + (f", a threshold near the {smoothing_cap(cmp, t)[1]:.2f} that label smoothing trains the "
+               "improved model to reach." if smoothing_cap(cmp, t) else "."))
 
 
 # Published gains of CutMix for ResNet-type networks, in points of test accuracy, per dataset
@@ -511,9 +532,9 @@ def _published_gain_check(cmp, cfg_b):
     adds_cutmix = bool(cmp["changed_values"].get("cutmix_prob", {}).get("improved"))
     # A folder copy of CIFAR-100 counts; a CIFAR-100-format archive may hold generated images.
     known = PUBLISHED_GAIN.get(name.split(" (folder")[0]) if adds_cutmix else None
-    if known is None:
-        return None, ("no published range for this improvement on this dataset is on record, so the "
-                      "size of the gain is not checked against the literature")
+    if known is None:  # a sentence of its own: it is a check not made, not one passed
+        return ("No published range for this improvement on this dataset is on record, so the size "
+                "of the gain is not checked against the literature."), None
     lo, hi, source = known
     text = (f"the gain of {signed(cmp['accuracy_difference'])} points compares with +{lo:.1f} to "
             f"+{hi:.1f} points published for CutMix on {name} ({source})")
@@ -646,8 +667,8 @@ def training_sentence(cfg, met, role):
         s += (f" Training measured the test set under bf16 autocast ({pct(cfg['final_test_accuracy'])}\\,\\% "
               "at the last epoch), evaluation in float32.")
     return s + (f" Training and testing took {seconds_text(cfg.get('wall_seconds'))} on "
-                f"{tex_escape(cfg.get('device_name', 'n/a'))} ({cfg.get('train_images_per_second', 0):.0f} "
-                "training images/s).")
+                f"{tex_escape(cfg.get('device_name', 'n/a'))}, at {cfg.get('train_images_per_second', 0):.0f} "
+                "training images/s.")
 
 
 def imported_prose(data):
