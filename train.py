@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
-                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name,
+                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name, git_commit,
                     load_checkpoint, load_dataset, provenance, resolve_device, save_checkpoint,
                     save_figure, save_json, seed_everything)
 
@@ -200,7 +200,12 @@ def start_config(args, ckpt, ds, device, run_dir):
     """The run's configuration: the saved one when resuming, else the flags plus what the data
     and the machine say (classes, normalisation, versions); a fresh run gets an empty folder."""
     if ckpt is not None:
-        return dict(ckpt["config"], device=args.device)  # the only flag a resume may change
+        # A resume may run other code than the start did: each one's commit is kept, so that
+        # config.json's git_commit (the start's) does not stand for epochs it did not run.
+        resumed = list(ckpt["config"].get("resumed", [])) + [
+            dict(after_epoch=ckpt["epoch"], git_commit=git_commit())]
+        # The device is the only flag a resume may change.
+        return dict(ckpt["config"], device=args.device, resumed=resumed)
     # Not settings, so not saved: --tensorboard only logs, and is given again with --resume.
     cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "argv", "tensorboard")}
     mean, std = channel_stats(ds.train_x)

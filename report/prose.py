@@ -347,12 +347,31 @@ def ablation_sentence(rows):
             f"({signed(rows[0]['difference'])} points).")
 
 
+def code_resumes(cfg):
+    """', resumed after epoch N with commit X' for each resume that ran other code than before it."""
+    text, last = "", cfg.get("git_commit")
+    for r in cfg.get("resumed") or []:
+        if r.get("git_commit") != last:
+            text += (f", resumed after epoch {r['after_epoch']} with commit "
+                     f"\\texttt{{{tex_escape(str(r['git_commit'])[:12])}}}")
+            last = r.get("git_commit")
+    return text
+
+
 def code_sentence(cfg_b, cfg_i):
     cb, ci = (tex_escape(str(c.get("git_commit", "unknown"))[:12]) for c in (cfg_b, cfg_i))
-    dirty = any(str(c.get("git_commit", "")).endswith("-dirty") for c in (cfg_b, cfg_i))
-    note = " (with uncommitted changes)" if dirty else ""
-    if cfg_b.get("git_commit") == cfg_i.get("git_commit"):
+    commits = [c.get("git_commit", "") for c in (cfg_b, cfg_i)]
+    commits += [r.get("git_commit", "") for c in (cfg_b, cfg_i) for r in c.get("resumed") or []]
+    note = " (with uncommitted changes)" if any(str(c).endswith("-dirty") for c in commits) else ""
+    rb, ri = code_resumes(cfg_b), code_resumes(cfg_i)
+    if cfg_b.get("git_commit") == cfg_i.get("git_commit") and rb == ri:
+        if rb:
+            return f"Both were trained with the same code: commit \\texttt{{{cb}}}{rb}{note}."
         return f"Both were trained from the same code version, commit \\texttt{{{cb}}}{note}."
+    if rb or ri:
+        return (f"They were trained with different code: the baseline with commit \\texttt{{{cb}}}{rb}, "
+                f"the improved model with commit \\texttt{{{ci}}}{ri}{note}: a change of code between "
+                "the runs is not excluded.")
     return (f"They were trained from different code versions, commits \\texttt{{{cb}}} and "
             f"\\texttt{{{ci}}}{note}: a change of code between the runs is not excluded.")
 

@@ -21,7 +21,7 @@ if __name__ == "__main__":  # run as a script: common.py is in the repository's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard, read_gradcam, read_json
 from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
-                   dataset_name, improvement_name, p_tex, pct, prose, seconds_text, setting_text,
+                   code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text, setting_text,
                    signed, tex_escape)
 
 TEMPLATE = Path(__file__).resolve().parent / "report.tex"
@@ -212,7 +212,8 @@ def config_table(data, changed):
               row("wall time (train + test)", trained(lambda c, m: seconds_text(c.get("wall_seconds")))),
               row("device", trained(lambda c, m: tex_escape(c.get("device_name", "n/a")))),
               row("git commit (training)",
-                  trained(lambda c, m: rf"\texttt{{{tex_escape(str(c.get('git_commit'))[:12])}}}")),
+                  trained(lambda c, m: rf"\texttt{{{tex_escape(str(c.get('git_commit'))[:12])}}}"
+                          + code_resumes(c))),
               r"\bottomrule", r"\end{tabularx}"]
     return "\n".join(lines) + "\n"
 

@@ -166,6 +166,15 @@ def test_checkpoint_changes_and_seeds_sentences():
     assert "same code version" in prose.code_sentence({"git_commit": "abc"}, {"git_commit": "abc"})
     assert "different code versions" in prose.code_sentence({"git_commit": "abc"},
                                                              {"git_commit": "abd-dirty"})
+    # A resume with other code is said; one with the same code is not news.
+    again = {"git_commit": "abc", "resumed": [{"after_epoch": 3, "git_commit": "abc"}]}
+    assert "same code version, commit" in prose.code_sentence(again, {"git_commit": "abc"})
+    later = {"git_commit": "abc", "resumed": [{"after_epoch": 7, "git_commit": "def"}]}
+    assert prose.code_sentence(later, later) == (
+        r"Both were trained with the same code: commit \texttt{abc}, resumed after epoch 7 with commit \texttt{def}.")
+    mixed = prose.code_sentence(later, {"git_commit": "abc", "resumed": [{"after_epoch": 7, "git_commit": "xyz-dirty"}]})
+    assert mixed.startswith(r"They were trained with different code: the baseline with commit \texttt{abc}, "
+                            r"resumed after epoch 7 with commit \texttt{def}, the improved model") and "uncommitted" in mixed
     cases = {"cases": [{}, {}], "selection": {"source": "analyst", "rule": "--cases"}}
     assert "An analyst chose the 2 cases" in prose.selection_sentence(cases)
     auto = {"cases": [{}], "selection": {"source": "auto", "rule": "most confident", "note": "only 0 pass"}}

@@ -113,6 +113,10 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
+    # The resume is on record with the commit it ran (here the same code as the start).
+    cfg = json.loads((tmp_path / "killed" / "config.json").read_text())
+    assert cfg["resumed"] == [{"after_epoch": interrupted["epoch"], "git_commit": cfg["git_commit"]}]
+    assert "resumed" not in json.loads((tmp_path / "straight" / "config.json").read_text())
 
 
 #### Bad input: one sentence, non-zero exit, nothing already written lost
