@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write,
-                    checkpoint_words, cli_guard, dataset_from_config, load_evaluated, normalize, read_cases, read_predictions,
-                    resolve_device, save_figure, save_json)
+                    checkpoint_words, cli_guard, dataset_from_config, load_evaluated, normalize,
+                    read_cases, read_predictions, resolve_device, save_figure, save_json)
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
@@ -330,7 +330,8 @@ def run(args):
                             checkpoint=np.array(checkpoint))
     atomic_write(run / "gradcam.npz", write_npz)
     plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
-         f"{run.name}: where the network looked ({checkpoint_words(config, checkpoint)})", run / "gradcam.png")
+         f"{run.name}: where the network looked ({checkpoint_words(config, checkpoint)})",
+         run / "gradcam.png")
     save_json(result, run / "gradcam.json")  # last: make's target, so the maps above are current
     print(f"{run / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")
     return {"maps_pred": maps_pred, "maps_true": maps_true, **result}

@@ -524,13 +524,14 @@ def conclusion_sentence(cmp, name):
     sig = "significant" if cmp["mcnemar_p"] < 0.05 else "not significant"
     t, nb, ni = at_threshold(cmp)
     hc = "reduced" if ni < nb else "increased" if ni > nb else "left unchanged"
+    capped = smoothing_cap(cmp, t)
     return (f"In this study, {name} {effect} test accuracy from {pct(cmp['accuracy_baseline'])}\\,\\% to "
             f"{pct(cmp['accuracy_improved'])}\\,\\% ({signed(d)} points, 95\\,\\% interval "
             f"[{signed(cmp['bootstrap_ci95'][0])}, {signed(cmp['bootstrap_ci95'][1])}]; McNemar "
             f"{p_tex(cmp['mcnemar_p'])}, {sig} at the 0.05 level) and {hc} the wrong predictions made "
             f"with confidence $\\geq$ {t:g} ({nb} $\\to$ {ni})"
-            + (f", a threshold near the {smoothing_cap(cmp, t)[1]:.2f} that label smoothing trains the "
-               "improved model to reach." if smoothing_cap(cmp, t) else "."))
+            + (f", a threshold near the {capped[1]:.2f} that label smoothing trains the improved "
+               "model to reach." if capped else "."))
 
 
 # Published gains of CutMix for ResNet-type networks, in points of test accuracy, per dataset

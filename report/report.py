@@ -21,8 +21,8 @@ if __name__ == "__main__":  # run as a script: common.py is in the repository's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard, read_gradcam, read_json
 from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
-                   code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text, setting_text,
-                   signed, tex_escape)
+                   code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text,
+                   setting_text, signed, tex_escape)
 
 TEMPLATE = Path(__file__).resolve().parent / "report.tex"
 STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values

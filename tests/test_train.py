@@ -289,7 +289,8 @@ def test_amp_check_starts_every_pass_from_the_same_checkpoint(tiny_run):
     cfg = dict(ckpt["config"], limit_train=192, limit_test=60)
     ds = common.dataset_from_config(cfg)
     cpu = torch.device("cpu")
-    runs = [amp_check.one_pass(ckpt, cfg, ds, cpu, seed, False) for seed in (1, 1, 2)]
+    test = common.DeviceLoader(ds.test_x, ds.test_y, 64, cfg["mean"], cfg["std"], cpu)
+    runs = [amp_check.one_pass(ckpt, cfg, ds, test, cpu, seed, False) for seed in (1, 1, 2)]
     for r in runs:
         r.pop("images_per_second")
     assert runs[0] == runs[1] and runs[0]["train_loss"] != runs[2]["train_loss"]

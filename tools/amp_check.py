@@ -12,12 +12,12 @@ trained checkpoint measures the precision where a model learns, which a few epoc
 on a subset cannot: those stay near chance at the recipe's learning rate of 0.1.
 A measurement, not a test: it prints a table and writes nothing unless --out is given.
 """
+import contextlib
 import copy
 import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 if __name__ == "__main__":  # run as a script: train.py and common.py are in the repository's root
@@ -39,7 +39,12 @@ def build_parser():
     return p
 
 
-def one_pass(ckpt, cfg, ds, device, seed, bf16):
+def float32_accuracy(model, test_loader):
+    """Accuracy on the test subset, always in float32: the precision under test is training's."""
+    return evaluate_loader(model, test_loader, nn.CrossEntropyLoss(), contextlib.nullcontext)[1]
+
+
+def one_pass(ckpt, cfg, ds, test_loader, device, seed, bf16):
     """Test accuracy (float32) after one pass from the checkpoint, and the pass's images/s."""
     # A copy: the optimizer adopts the checkpoint's momentum tensors as they are and updates them
     # in place, which would start the next pass from this one's end.
@@ -52,8 +57,7 @@ def one_pass(ckpt, cfg, ds, device, seed, bf16):
     train_loss, train_acc, seen = train_epoch(st, st.model, loader, cfg, criterion,
                                               lambda: autocast(device, bf16), Path("(amp_check)"))
     speed = seen / (time.perf_counter() - t0)
-    test = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
-    _, test_acc = evaluate_loader(st.model, test, nn.CrossEntropyLoss(), lambda: autocast(device, False))
+    test_acc = float32_accuracy(st.model, test_loader)
     return dict(seed=seed, precision="bf16 autocast" if bf16 else "float32", train_loss=round(train_loss, 6),
                 train_acc=round(train_acc, 6), test_acc=round(test_acc, 6), images_per_second=round(speed, 1))
 
@@ -69,16 +73,15 @@ def run(args):
                         "state and config a continuation needs)")
     cfg = dict(ckpt["config"], limit_train=args.limit_train, limit_test=args.limit_test)
     ds = dataset_from_config(cfg, args.data_dir)
-    _, start = evaluate_loader(build_state(cfg, ckpt, device).model,
-                               DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"],
-                                            cfg["std"], device), nn.CrossEntropyLoss(), lambda: autocast(device, False))
+    test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
+    start = float32_accuracy(build_state(cfg, ckpt, device).model, test_loader)
     print(f"{args.checkpoint}: epoch {ckpt['epoch']}, lr {ckpt['optimizer']['param_groups'][0]['lr']:g}, "
           f"test accuracy {100 * start:.2f}% on {len(ds.test_y)} images; one pass over {len(ds.train_y)} "
           f"training images on {device_name(device)}", flush=True)
     rows = []
     for seed in args.seeds:
         for bf16 in (False, True):
-            rows.append(one_pass(ckpt, cfg, ds, device, seed, bf16))
+            rows.append(one_pass(ckpt, cfg, ds, test_loader, device, seed, bf16))
             r = rows[-1]
             print(f"seed {seed} {r['precision']:>13}: test {100 * r['test_acc']:.2f}% "
                   f"(train loss {r['train_loss']:.4f}, {r['images_per_second']:.0f} img/s)", flush=True)
