@@ -316,6 +316,8 @@ ARCHIVES = {  # official archive name, md5 and the pickles inside it
     "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
                  ["train"], ["test"], "meta"),
 }
+# The dataset names load_dataset knows; any other --dataset is a path.
+NAMED_DATASETS = (*ARCHIVES, "synthetic")
 
 
 def file_md5(path):
@@ -932,7 +934,7 @@ def dataset_from_config(config, data_dir=None):
         return path
 
     name = config["dataset"]
-    if name not in ARCHIVES and name != "synthetic":
+    if name not in NAMED_DATASETS:
         name = located(name)
         if not Path(name).exists():
             where = f" nor under {made_in}, where the run was made" if made_in else ""

@@ -21,9 +21,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
-                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, device_name, git_commit,
-                    load_checkpoint, load_dataset, provenance, resolve_device, save_checkpoint,
-                    save_figure, save_json, seed_everything)
+                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, dataset_from_config,
+                    device_name, git_commit, load_checkpoint, load_dataset, provenance, resolve_device,
+                    save_checkpoint, save_figure, save_json, seed_everything)
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -315,8 +315,10 @@ def run(args):
     device = resolve_device(args.device)
     tensorboard = TensorBoardLog(args.tensorboard)
     seed_everything(saved["seed"], saved["deterministic"])
-    ds = load_dataset(saved["dataset"], saved["data_dir"], not saved["no_download"],
-                      saved["limit_train"], saved["limit_test"])
+    # A resume finds the run's data as every later step does, so it may start from another folder.
+    ds = (dataset_from_config(saved) if ckpt is not None else
+          load_dataset(saved["dataset"], saved["data_dir"], not saved["no_download"],
+                       saved["limit_train"], saved["limit_test"]))
     cfg = start_config(args, ckpt, ds, device, run_dir)
     st = build_state(cfg, ckpt, device)
     if ckpt is not None:

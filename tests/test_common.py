@@ -296,7 +296,7 @@ def test_every_script_takes_any_device_string():
 
 
 SCRIPTS = ("train", "evaluate", "failures", "gradcam", "faithfulness", "corruptions", "compare",
-           "report", "supplement", "bench", "bench_gradcam", "amp_check")
+           "report", "supplement", "bench", "bench_gradcam", "amp_check", "reference_run")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -315,3 +315,59 @@ def test_amp_check_compares_both_precisions_per_seed(tiny_run, tmp_path):
     assert [(r["seed"], r["precision"]) for r in result["rows"]] == [
         (3, "float32"), (3, "bf16 autocast"), (4, "float32"), (4, "bf16 autocast")]
     assert json.loads(out.read_text())["rows"] == result["rows"] and result["n_train"] == 128
+
+
+#### tools/reference_run.py: the stock torchvision pipeline train.py is checked against
+
+def _image_folder(root, per_class=8):
+    import cv2
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                cv2.imwrite(str(root / split / c / f"{i:04d}.png"),
+                            rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_reference_run_writes_a_history_row_per_epoch_and_refuses_to_overwrite(tmp_path):
+    import reference_run
+    root, out = _image_folder(tmp_path / "imgs"), tmp_path / "ref.csv"
+    args = ["--data", str(root), "--arch", "simplecnn", "--epochs", "2", "--milestones", "1",
+            "--batch-size", "8", "--workers", "0", "--out", str(out)]
+    reference_run.main(args)
+    rows = list(csv.DictReader(out.open()))
+    assert tuple(rows[0]) == train.HISTORY_FIELDS and [r["epoch"] for r in rows] == ["1", "2"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.01])  # MultiStepLR applied
+    assert all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        reference_run.main(args)
+    assert out.read_bytes() == before
+
+
+def test_reference_run_refuses_a_folder_without_splits(tmp_path):
+    import reference_run
+    (tmp_path / "flat" / "cat").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        reference_run.main(["--data", str(tmp_path / "flat"), "--out", str(tmp_path / "r.csv")])
+    assert "has no train/ and test/ folders" in str(exc.value.code) and not (tmp_path / "r.csv").exists()
+
+
+def test_a_run_made_in_one_folder_resumes_from_another(tmp_path, monkeypatch):
+    """--resume finds a relative --dataset through config.json's working_dir, as later steps do."""
+    made = tmp_path / "project"
+    _image_folder(made / "imgs")
+    monkeypatch.chdir(made)
+    flags = ["--arch", "simplecnn", "--optimizer", "adam", "--milestones", "--batch-size", "8",
+             "--runs-dir", "runs", "--name", "r"]
+    train.main(flags + ["--dataset", "imgs", "--epochs", "1"])
+    ckpt = torch.load(made / "runs" / "r" / "last.pt", weights_only=True)
+    ckpt["config"]["epochs"] = 2  # as if stopped after epoch 1 of 2
+    torch.save(ckpt, made / "runs" / "r" / "last.pt")
+    monkeypatch.chdir(tmp_path)
+    train.main(["--resume", "--runs-dir", "project/runs", "--name", "r"])
+    history = list(csv.DictReader((made / "runs" / "r" / "history.csv").open()))
+    assert [r["epoch"] for r in history] == ["1", "2"]
+    assert not (tmp_path / "data").exists()  # the run's own cache, under project/, was used
