@@ -4,6 +4,8 @@ They are read-only for the tests that use them: a test that damages a file works
 """
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 import evaluate
@@ -27,3 +29,15 @@ def tiny_run(tmp_path_factory):
     failures.main(["--run", str(run), "--num-cases", "3"])
     gradcam.main(["--run", str(run), "--device", "cpu"])
     return run
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=3, size=32):
+    """An ImageFolder tree (train/<class>/, test/<class>/) of seeded random PNGs."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                cv2.imwrite(str(root / split / c / f"{i:04d}.png"),
+                            rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return root

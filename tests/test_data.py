@@ -3,12 +3,12 @@ import io
 import tarfile
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
 import common
 from common import UserError, file_md5, load_dataset, make_synthetic
+from conftest import make_folder
 from make_cifar_archive import cifar100_names, fine_to_coarse, write_archive
 
 
@@ -141,17 +141,6 @@ def test_limits_take_a_fixed_subset_that_keeps_original_indices(tmp_path, truste
 
 
 #### Folder datasets
-
-def make_folder(root, classes=("cat", "dog"), per_class=3, size=32):
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                cv2.imwrite(str(root / split / c / f"{i:04d}.png"),
-                            rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    return root
-
 
 def test_folder_dataset_decodes_once_and_caches(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "imgs")

@@ -15,6 +15,7 @@ import torch
 import common
 import evaluate
 import train
+from conftest import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--arch", "simplecnn", "--dataset", "synthetic", "--optimizer", "adam", "--milestones"]
@@ -319,21 +320,9 @@ def test_amp_check_compares_both_precisions_per_seed(tiny_run, tmp_path):
 
 #### tools/reference_run.py: the stock torchvision pipeline train.py is checked against
 
-def _image_folder(root, per_class=8):
-    import cv2
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in ("cat", "dog"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                cv2.imwrite(str(root / split / c / f"{i:04d}.png"),
-                            rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    return root
-
-
 def test_reference_run_writes_a_history_row_per_epoch_and_refuses_to_overwrite(tmp_path):
     import reference_run
-    root, out = _image_folder(tmp_path / "imgs"), tmp_path / "ref.csv"
+    root, out = make_folder(tmp_path / "imgs", per_class=8), tmp_path / "ref.csv"
     args = ["--data", str(root), "--arch", "simplecnn", "--epochs", "2", "--milestones", "1",
             "--batch-size", "8", "--workers", "0", "--out", str(out)]
     reference_run.main(args)
@@ -358,7 +347,7 @@ def test_reference_run_refuses_a_folder_without_splits(tmp_path):
 def test_a_run_made_in_one_folder_resumes_from_another(tmp_path, monkeypatch):
     """--resume finds a relative --dataset through config.json's working_dir, as later steps do."""
     made = tmp_path / "project"
-    _image_folder(made / "imgs")
+    make_folder(made / "imgs", per_class=8)
     monkeypatch.chdir(made)
     flags = ["--arch", "simplecnn", "--optimizer", "adam", "--milestones", "--batch-size", "8",
              "--runs-dir", "runs", "--name", "r"]
