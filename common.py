@@ -919,8 +919,9 @@ def read_gradcam_maps(run, indices, layer, checkpoint):
     return torch.from_numpy(got["maps_pred"]), torch.from_numpy(got["maps_true"])
 
 
-def dataset_from_config(config, data_dir=None):
-    """The dataset a run was trained on, with the same test subset (never downloads).
+def dataset_from_config(config, data_dir=None, download=False):
+    """The dataset a run was trained on, with the same test subset (downloads only if asked: a
+    resumed training may fetch a CIFAR archive again, as its start could; later steps never do).
 
     config.json keeps --dataset and --data-dir as the user typed them; a relative path that does not
     exist from here is taken relative to the folder the run was made in, so that later steps may
@@ -940,5 +941,5 @@ def dataset_from_config(config, data_dir=None):
             where = f" nor under {made_in}, where the run was made" if made_in else ""
             raise UserError(f"the run's dataset {config['dataset']} is not found from {os.getcwd()}{where}; "
                             "run from the folder the run was made in or put the dataset back there")
-    return load_dataset(name, data_dir or located(config["data_dir"]), download=False,
+    return load_dataset(name, data_dir or located(config["data_dir"]), download=download,
                         limit_train=config.get("limit_train"), limit_test=config.get("limit_test"))

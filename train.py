@@ -316,7 +316,7 @@ def run(args):
     tensorboard = TensorBoardLog(args.tensorboard)
     seed_everything(saved["seed"], saved["deterministic"])
     # A resume finds the run's data as every later step does, so it may start from another folder.
-    ds = (dataset_from_config(saved) if ckpt is not None else
+    ds = (dataset_from_config(saved, download=not saved["no_download"]) if ckpt is not None else
           load_dataset(saved["dataset"], saved["data_dir"], not saved["no_download"],
                        saved["limit_train"], saved["limit_test"]))
     cfg = start_config(args, ckpt, ds, device, run_dir)

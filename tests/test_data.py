@@ -169,6 +169,16 @@ def test_folder_without_test_split_is_a_clear_error(tmp_path):
         load_dataset(str(root), tmp_path / "data")
 
 
+def test_only_a_resumed_training_may_download_the_runs_archive(tmp_path, monkeypatch):
+    """Later steps read what a run used (never download); train.py --resume may fetch it again."""
+    asked = []
+    monkeypatch.setattr(common, "load_dataset", lambda name, data_dir, download, **kw: asked.append(download))
+    config = {"dataset": "cifar10", "data_dir": str(tmp_path), "limit_train": None, "limit_test": None}
+    common.dataset_from_config(config)
+    common.dataset_from_config(config, download=True)
+    assert asked == [False, True]
+
+
 def test_a_runs_relative_dataset_path_is_found_from_another_folder(tmp_path, monkeypatch):
     """config.json keeps --dataset imgs and --data-dir data as typed; later steps run elsewhere."""
     made = tmp_path / "project"

@@ -39,7 +39,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--seed", type=int, default=42, help="torch seed: initial weights, order, augmentation")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    p.add_argument("--limit-train", type=int, default=None, help="first N shuffled training images (tests)")
+    p.add_argument("--limit-train", type=int, default=None, help="a seeded random subset of N training images (tests)")
     p.add_argument("--out", required=True, help="CSV to write (refused if it exists)")
     return p
 
