@@ -11,6 +11,7 @@ import os
 import pickle
 import platform
 import random
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -101,6 +102,11 @@ def resolve_device(name):
         # range (below 1.2e-38): measured on a 13-epoch CIFAR-10 SimpleCNN, 60k denormal weights
         # made x86 CPUs 2.5x slower per step (docs/RESULTS.md). Values this small change nothing.
         torch.set_flush_denormal(True)
+    if device.type == "cuda" and device.index is not None:
+        # Work given a bare "cuda" (torch.cuda.synchronize(), new tensors, compiled code) goes to
+        # the current device: make it the one asked for, so that cuda:1 means cuda:1 throughout.
+        torch.cuda.set_device(device)
+    set_tf32(False)  # every script starts in IEEE float32; train.py --tf32 opts in (precision_of)
     return device
 
 
@@ -119,16 +125,55 @@ def cpu_has_native_bf16():
     return False
 
 
+def cuda_ampere_or_newer(device):
+    """True on CUDA GPUs of compute capability 8.0 or newer (Ampere, Hopper, ...): their tensor
+    cores multiply bf16 and TF32; older ones (T4, V100) have neither (bf16 is emulated, slower)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def autocast_mode(device, amp, fallback="training in float32"):
-    """(use bf16 autocast?, note or None) for --amp on `device`: CUDA, or a CPU with native bf16;
-    the note ends with `fallback`, what the caller does instead. Autocast keeps the loss,
+    """(use bf16 autocast?, note or None) for --amp on `device`: a CUDA GPU or a CPU with native
+    bf16; the note ends with `fallback`, what the caller does instead. Autocast keeps the loss,
     BatchNorm statistics, weights and optimizer state in float32."""
     if not amp:
         return False, None
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if cuda_ampere_or_newer(device) or (device.type == "cpu" and cpu_has_native_bf16()):
         return True, None
-    return False, (f"note: --amp needs CUDA or a CPU with native bf16 (AVX512-BF16, AMX or Arm "
-                   f"BF16), which {device_name(device)} lacks; {fallback}")
+    return False, (f"note: --amp needs native bf16 (a CUDA GPU of compute capability 8.0 or newer, or "
+                   f"a CPU with AVX512-BF16, AMX or Arm BF16), which {device_name(device)} lacks; "
+                   f"{fallback}")
+
+
+def set_tf32(enabled):
+    """Let float32 convolutions and matrix products on CUDA run in TF32 (10-bit mantissa), or not.
+
+    PyTorch's defaults differ by operator (cuDNN convolutions TF32, matmuls IEEE), so a "float32"
+    training on an Ampere-or-newer GPU would silently run its convolutions in TF32: resolve_device
+    sets IEEE float32 for everything at start-up, and only train.py --tf32 turns TF32 on."""
+    value = "tf32" if enabled else "ieee"
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with the legacy flags is an error
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+        torch.backends.cudnn.rnn.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def precision_of(device, amp, tf32):
+    """What a training on `device` computes in, and a note when a flag cannot apply there:
+    ("bf16 autocast" | "tf32" | "float32", note or None). Sets the TF32 policy to match."""
+    use_amp, note = autocast_mode(device, amp)
+    if use_amp:
+        return "bf16 autocast", None
+    if tf32 and not cuda_ampere_or_newer(device):
+        note = (note + "; " if note else "note: ") + (
+            f"--tf32 needs a CUDA GPU of compute capability 8.0 or newer, which {device_name(device)} "
+            "is not; training in IEEE float32")
+        tf32 = False
+    set_tf32(tf32)
+    return ("tf32" if tf32 else "float32"), note
 
 
 def autocast(device, enabled):
@@ -136,6 +181,14 @@ def autocast(device, enabled):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def synchronize(device):
+    """Wait until `device` has finished the work queued on it (timing); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def device_name(device):
@@ -184,6 +237,24 @@ def atomic_write(path, write_fn, mode="wb"):
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_link_or_copy(src, dst):
+    """dst becomes a file with src's bytes, atomically: a hard link where the file system allows one,
+    else a copy. A link is safe because atomic_write never changes a file in place, it replaces it:
+    when src is written again, dst keeps the bytes it had."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -328,25 +399,58 @@ def file_md5(path):
     return h.hexdigest()
 
 
+def _cached(data_dir, stem, key_lines, build, fields):
+    """build()'s dict of tensors, lists and strings, kept in <data_dir>/cache/<stem>-<key>.pt.
+
+    key_lines must name everything the result depends on (paths, sizes, mtimes), so that a changed
+    input gets a new cache file instead of a stale one. Decoding or parsing the data is the slow
+    part of every script's start, and each script of the chain loads the same data again.
+    """
+    key = hashlib.sha256("".join(f"{line}\n" for line in key_lines).encode()).hexdigest()[:16]
+    cache = Path(data_dir) / "cache" / f"{stem}-{key}.pt"
+    if cache.is_file():
+        try:
+            value = torch.load(cache, map_location="cpu", weights_only=True)
+            if isinstance(value, dict) and set(fields) <= value.keys():
+                return value
+        except Exception:  # truncated, corrupt or unreadable: only a cache, so build it again
+            pass
+    value = build()
+    try:
+        save_checkpoint(value, cache)
+    except OSError:
+        pass  # a read-only data dir only costs a rebuild next time
+    return value
+
+
+def _where(name, data_dir):
+    filename, md5, *_ = ARCHIVES[name]
+    return f"put the official {filename} (md5 {md5}) into {Path(data_dir).resolve()}/"
+
+
 def _fetch_archive(name, data_dir, download):
+    """The path of the official archive under data_dir, downloaded when missing (and allowed)."""
     filename, md5, *_ = ARCHIVES[name]
     path = Path(data_dir) / filename
-    where = f"put the official {filename} (md5 {md5}) into {Path(data_dir).resolve()}/"
     if not path.exists():
         if not download:
-            raise UserError(f"{path} is missing and --no-download was given; {where}")
+            raise UserError(f"{path} is missing and --no-download was given; {_where(name, data_dir)}")
         from torchvision.datasets.utils import download_url
         try:
             download_url(CIFAR_URL + filename, str(data_dir), filename, md5)
         except Exception as e:  # network errors come in many types; all mean the same to the user
             Path(path).unlink(missing_ok=True)
             raise UserError(f"could not download {filename} ({type(e).__name__}); "
-                            f"if offline, {where}") from None
-    actual = file_md5(path)
-    if actual != md5:
-        raise UserError(f"{path} has md5 {actual}, expected {md5}: the archive is corrupt or not "
-                        f"the official one; delete it and {where}")
+                            f"if offline, {_where(name, data_dir)}") from None
     return path
+
+
+def _check_md5(path, name, data_dir, actual):
+    expected = ARCHIVES[name][1]
+    if actual != expected:
+        raise UserError(f"{path} has md5 {actual}, expected {expected}: the archive is corrupt or "
+                        f"not the official one; delete it and {_where(name, data_dir)}")
+    return actual
 
 
 def _archive_kind(path):
@@ -364,22 +468,66 @@ def _archive_kind(path):
                     "not in the official CIFAR python format")
 
 
+ARCHIVE_FIELDS = ("train_x", "train_y", "test_x", "test_y", "classes", "superclasses")
+
+
+def _cached_archive(path, data_dir, how, build):
+    """build()'s parse of the archive at path, read from <data_dir>/cache/ after the first time.
+
+    The key is the file's resolved path, inode, size and mtime_ns: a hit stands for the very file
+    whose md5 build() computed, so the 161 MB need not be read again. `how` (the kind it is parsed
+    as, or "by-path" when the kind is read from the archive) decides what build() returns, so it
+    is in the key too; "v1" changes whenever the entry's fields do.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key = ["official-format archive v1", how, path, st.st_ino, st.st_size, st.st_mtime_ns]
+    stem = path.name.removesuffix(".tar.gz")
+    return _cached(data_dir, stem, key, build, ("kind", "md5", *ARCHIVE_FIELDS))
+
+
+def _archive_dataset(entry):
+    return Dataset(entry["kind"], *(entry[f] for f in ARCHIVE_FIELDS))
+
+
 def _load_cifar(name, data_dir, download):
-    return _parse_archive(_fetch_archive(name, data_dir, download), name)
+    path = _fetch_archive(name, data_dir, download)
+
+    def build():
+        md5 = _check_md5(path, name, data_dir, file_md5(path))  # before parsing: a wrong file fails fast
+        return {"kind": name, "md5": md5, **_parse_archive(path, name)}
+    entry = _cached_archive(path, data_dir, name, build)
+    _check_md5(path, name, data_dir, entry["md5"])  # the expected md5 is not part of the cache key
+    return _archive_dataset(entry)
 
 
-def _load_archive_file(path):
+def _load_archive_file(path, data_dir):
     """An official-format archive given by path: the official file or one generated in its format.
 
     It is parsed by the same code as a downloaded archive; only the checksum is not required.
+    Whether it is the official file is said on every load, cached or not: it tells the user what
+    data the run uses.
     """
-    kind = _archive_kind(path)
-    if file_md5(path) != ARCHIVES[kind][1]:
-        print(f"note: {path} is in the official {kind} format but is not the official file")
-    return _parse_archive(path, kind)
+    noted = []
+
+    def note(kind, md5):
+        if md5 != ARCHIVES[kind][1]:
+            print(f"note: {path} is in the official {kind} format but is not the official file")
+        noted.append(kind)
+
+    def build():
+        kind = _archive_kind(path)
+        md5 = file_md5(path)
+        note(kind, md5)  # before parsing, as it also explains a parse error
+        return {"kind": kind, "md5": md5, **_parse_archive(path, kind)}
+    entry = _cached_archive(path, data_dir, "by-path", build)
+    if not noted:  # a cache hit
+        note(entry["kind"], entry["md5"])
+    return _archive_dataset(entry)
 
 
 def _parse_archive(path, name):
+    """The tensors and names of an official-format archive (ARCHIVE_FIELDS), parsed as `name`."""
     _, _, folder, train_files, test_files, meta_file = ARCHIVES[name]
     label_key = "fine_labels" if name == "cifar100" else "labels"
     try:
@@ -397,15 +545,16 @@ def _parse_archive(path, name):
             meta = read(meta_file)
     except (tarfile.TarError, KeyError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise UserError(f"{path} could not be parsed as the official {name} archive ({e})") from None
+    tensors = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
     if name == "cifar10":
-        return Dataset(name, train_x, train_y, test_x, test_y, list(meta["label_names"]))
+        return {**tensors, "classes": list(meta["label_names"]), "superclasses": None}
     classes = list(meta["fine_label_names"])
     coarse = np.concatenate([p["coarse_labels"] for p in test_parts])
     superclass_of = {}
     for fine, c in zip(test_y.tolist(), coarse.tolist()):
         superclass_of[fine] = meta["coarse_label_names"][c]
     superclasses = [superclass_of.get(i, "unknown") for i in range(len(classes))]
-    return Dataset(name, train_x, train_y, test_x, test_y, classes, superclasses)
+    return {**tensors, "classes": classes, "superclasses": superclasses}
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -444,22 +593,15 @@ def _load_folder(root, data_dir, size=32):
     classes, train_files, train_labels = _scan_split(root, "train")
     _, test_files, test_labels = _scan_split(root, "test", classes)
     # The decode cache is keyed by every file's path, size and mtime: any change re-decodes.
-    key = hashlib.sha256()
-    for p in train_files + test_files:
-        st = p.stat()
-        key.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    cache = Path(data_dir) / "cache" / f"{root.name}-{key.hexdigest()[:16]}.pt"
-    if cache.is_file():
-        arrays = torch.load(cache, weights_only=True)
-    else:
+    key = [f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}"
+           for p, st in ((p, p.stat()) for p in train_files + test_files)]
+
+    def decode():
         with ThreadPoolExecutor(max_workers=8) as pool:  # OpenCV releases the GIL while decoding
             def stack(files):
                 return torch.from_numpy(np.stack(list(pool.map(lambda p: _decode(p, size), files))))
-            arrays = {"train_x": stack(train_files), "test_x": stack(test_files)}
-        try:
-            save_checkpoint(arrays, cache)
-        except OSError:
-            pass  # a read-only data dir only costs a re-decode next time
+            return {"train_x": stack(train_files), "test_x": stack(test_files)}
+    arrays = _cached(data_dir, root.name, key, decode, ("train_x", "test_x"))
     return Dataset(root.name, arrays["train_x"], torch.tensor(train_labels), arrays["test_x"],
                    torch.tensor(test_labels), classes)
 
@@ -548,7 +690,7 @@ def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_t
     elif Path(name).is_dir():
         ds = _load_folder(name, data_dir)
     elif Path(name).is_file():
-        ds = _load_archive_file(name)
+        ds = _load_archive_file(name, data_dir)
     else:
         raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic, a folder "
                         "with train/<class>/ and test/<class>/ image folders or the path of an "

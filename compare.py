@@ -42,7 +42,7 @@ NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_downloa
                 "mean", "std", "n_train", "n_test", "git_commit", "torch_version",
                 "torchvision_version", "python_version", "device_name", "status", "wall_seconds",
                 "final_test_accuracy", "best_test_accuracy", "best_epoch", "train_images_per_second",
-                "imported", "working_dir", "resumed"}
+                "imported", "working_dir", "resumed", "compile_seconds"}
 
 
 

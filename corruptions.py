@@ -9,11 +9,16 @@ accuracy, accuracy per corruption and severity, and the mean corruption error (m
 over every corruption x severity, the CIFAR convention; also over the benchmark corruptions only).
 The corruptions themselves, their published constants and where they differ: corrupt.py.
 
+The clean accuracy is not recomputed: it is counted from evaluate.py's predictions.npz (on the
+--limit-test subset if given), so it is the accuracy metrics.json reports whatever the device. A
+second forward pass would batch the images otherwise, and on a GPU other batch shapes (other cuDNN
+algorithms, TF32) may flip a prediction near a tie.
+
 --amp runs the corrupted images under bf16 autocast (CUDA, or a CPU with native bf16: 3-4x faster
 for ResNet-18 on such a CPU; docs/RESULTS.md). It moves softmax probabilities by up to about 0.01
 and flips a few tenths of a percent of the predictions, which a grid of accuracies can bear but the
-saved probabilities cannot: the clean accuracy is always computed in float32, so that it matches
-metrics.json, and corruptions.json records the precision of the cells.
+saved probabilities cannot: the clean column stays evaluate.py's float32 predictions, and
+corruptions.json records the precision of the cells.
 
 --cifar-c DIR evaluates on the published CIFAR-10-C / CIFAR-100-C files (Hendrycks and Dietterich
 2019) instead of generating the corruptions, so that the numbers compare with papers: labels.npy and
@@ -31,7 +36,7 @@ import torch
 
 from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard,
                     dataset_from_config, device_name, git_commit, load_evaluated, read_json,
-                    resolve_device, save_json, subset_indices)
+                    read_predictions, resolve_device, save_json, subset_indices)
 from corrupt import BENCHMARK, NAMES, SEVERITIES, check_choice, corrupt
 from evaluate import predict
 
@@ -59,7 +64,7 @@ def build_parser():
     return p
 
 
-CHUNK = 1000  # images corrupted at once: bounds memory, and results do not depend on --batch-size
+CHUNK = 1000  # images corrupted at once: bounds memory, and the noise drawn does not depend on --batch-size
 # The published CIFAR-10-C / CIFAR-100-C files, in their order: the benchmark's 15 (frost among them,
 # which corrupt.py cannot generate) and 4 extras. The mean corruption error is also given over the 15.
 CIFAR_C_STANDARD = BENCHMARK[:8] + ("frost",) + BENCHMARK[8:]
@@ -178,6 +183,22 @@ def corrupted_images(args, cifar_c, names, config, ds, rows, images):
         name, severity, official[start:stop]).to(images.device)
 
 
+def clean_accuracy(run, ds, rows):
+    """Accuracy on the clean test images (rows of the run's test set, or all), counted from the
+    predictions evaluate.py wrote: another forward pass could disagree with metrics.json on a GPU."""
+    pred = read_predictions(run)
+    # The rows index the dataset's test set, so the file must hold that very set in that order.
+    if not (np.array_equal(pred["labels"], ds.test_y.numpy())
+            and np.array_equal(pred["indices"], ds.test_indices.numpy())):
+        raise UserError(f"{run / 'predictions.npz'} does not match the run's test set "
+                        f"({len(pred['labels']):,} predictions for {len(ds.test_y):,} test images, or other "
+                        f"labels or indices); re-run python evaluate.py --run {run}")
+    correct = pred["probs"].argmax(1) == pred["labels"]
+    if rows is not None:
+        correct = correct[rows.numpy()]
+    return round(int(correct.sum()) / len(correct), 6)  # as the cells: hits / n, to 6 digits
+
+
 def run(args):
     severities = sorted(set(args.severities))
     check_choice(severities=severities)
@@ -194,23 +215,19 @@ def run(args):
     images, labels = (ds.test_x, ds.test_y) if rows is None else (ds.test_x[rows], ds.test_y[rows])
     images, labels = images.to(device), labels.to(device)
     corrupted = corrupted_images(args, cifar_c, names, config, ds, rows, images)
+    clean = clean_accuracy(run, ds, rows)  # before any forward pass: a stale file fails at once
     use_amp, note = autocast_mode(device, args.amp, "corrupted images in float32")
     if note:
         print(note)
 
-    def accuracy(name=None, severity=None):
+    def accuracy(name, severity):
         hits = 0
         for k, start in enumerate(range(0, len(labels), CHUNK)):
             stop = min(start + CHUNK, len(labels))
-            x = images[start:stop] if name is None else corrupted(name, severity, k, start, stop)
-            pred = predict(model, x, config["mean"], config["std"], args.batch_size,
-                           amp=use_amp and name is not None).argmax(1)
+            pred = predict(model, corrupted(name, severity, k, start, stop), config["mean"], config["std"],
+                           args.batch_size, amp=use_amp).argmax(1)
             hits += (pred.to(device) == labels[start:stop]).sum().item()
         return round(hits / len(labels), 6)
-    clean = accuracy()
-    if rows is None and abs(clean - metrics.get("test_accuracy", clean)) > 1e-6:
-        print(f"warning: clean accuracy {clean:.4f} differs from metrics.json's "
-              f"{metrics['test_accuracy']:.4f}; re-run python evaluate.py --run {run}")
     grid, seconds = {}, {}
     for name in names:
         t = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast, device_name,
                     build_model, channel_stats, cli_guard, dataset_from_config, find_state_dict,
                     load_checkpoint, load_dataset, load_run, provenance, resolve_device, save_checkpoint,
                     save_json, state_dict_mismatch, weights_fingerprint)
@@ -187,8 +187,9 @@ def run_evaluation(args, ds=None):
     metrics = classification_metrics(logits, ds.test_y, config["num_classes"])
     metrics.update(calibration(probs.numpy(), ds.test_y.numpy()))
     # Which weights these predictions are of: later steps load the model with load_evaluated.
+    # precision: always IEEE float32 (resolve_device's policy), whatever the training ran in.
     metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"], weights_sha256=weights_fingerprint(model),
-                   seconds=round(time.perf_counter() - t0, 3))
+                   precision="float32", device=device_name(device), seconds=round(time.perf_counter() - t0, 3))
     run = Path(args.run)
 
     def write_npz(f):

@@ -56,6 +56,27 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def reinitialise(module, generator):
+    """Re-initialise `module` in place (reset_parameters of it and its submodules, BatchNorm's
+    running statistics included) with numbers drawn from the CPU `generator`, which advances.
+
+    reset_parameters takes no generator: it draws from the global one of the parameters' device,
+    so on a GPU the same seed would give other weights (CUDA's generator is another algorithm)
+    and other faithfulness.json numbers than on a CPU; and torch.manual_seed, the usual way to seed
+    it, seeds every CUDA generator too, which fork_rng(devices=[]) does not restore. So a CPU copy
+    is re-initialised, the CPU default generator alone holding `generator`'s state meanwhile, and
+    its weights are copied back: the same numbers on every device, and no global generator is
+    left changed. On a CPU the draws are those of reset_parameters in place, number for number."""
+    cpu = deepcopy(module).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.set_state(generator.get_state())
+        for m in cpu.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        generator.set_state(torch.default_generator.get_state())
+    module.load_state_dict(cpu.state_dict())
+
+
 def randomisation_test(model, layer_name, images, targets, seed=0, trained=None):
     """Cascading randomisation: re-initialise the network's parameterised top-level modules from
     the output down (the head first), cumulatively, and after each stage measure how far the
@@ -75,19 +96,17 @@ def randomisation_test(model, layer_name, images, targets, seed=0, trained=None)
     result = {"n": len(images), "explained": "the trained model's predicted class",
               "similarity": "Spearman rank correlation with the trained model's map", "stages": [],
               "spearman_mean": [], "spearman_median": [], "undefined": []}
-    with torch.random.fork_rng(devices=[]):  # the seeded re-initialisation leaves the global RNG alone
-        torch.manual_seed(seed)
-        for name in stages:
-            for m in getattr(randomised, name).modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()  # BatchNorm's also resets its running statistics
-            maps = grad_cam(randomised, layer, images, targets).cpu().numpy()
-            rho = [spearman(a, b) for a, b in zip(trained, maps)]
-            known = [r for r in rho if r is not None]
-            result["stages"].append(name)
-            result["spearman_mean"].append(round(float(np.mean(known)), 4) if known else None)
-            result["spearman_median"].append(round(float(np.median(known)), 4) if known else None)
-            result["undefined"].append(len(rho) - len(known))
+    # One CPU stream for all stages, seeded by `seed` alone: the same weights on every device.
+    generator = torch.Generator().manual_seed(seed)
+    for name in stages:
+        reinitialise(getattr(randomised, name), generator)
+        maps = grad_cam(randomised, layer, images, targets).cpu().numpy()
+        rho = [spearman(a, b) for a, b in zip(trained, maps)]
+        known = [r for r in rho if r is not None]
+        result["stages"].append(name)
+        result["spearman_mean"].append(round(float(np.mean(known)), 4) if known else None)
+        result["spearman_median"].append(round(float(np.median(known)), 4) if known else None)
+        result["undefined"].append(len(rho) - len(known))
     return result
 
 

@@ -1,5 +1,5 @@
-"""Train a CNN from scratch and write runs/<name>/: history.csv, last.pt, best.pt, curves.png after
-every epoch, and config.json once training is complete (so its presence means "finished").
+"""Train a CNN from scratch and write runs/<name>/: history.csv, last.pt and best.pt after every
+epoch, then curves.png and config.json once training is complete (config.json means "finished").
 
 The study's two ResNet-18 runs (defaults = the reference baseline protocol):
     python train.py --name baseline
@@ -20,13 +20,17 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast,
-                    autocast_mode, build_model, channel_stats, cli_guard, cutmix, dataset_from_config,
-                    device_name, git_commit, load_checkpoint, load_dataset, provenance, resolve_device,
-                    save_checkpoint, save_figure, save_json, seed_everything)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_link_or_copy,
+                    atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix,
+                    dataset_from_config, device_name, git_commit, load_checkpoint, load_dataset,
+                    precision_of, provenance, resolve_device, save_checkpoint, save_figure, save_json,
+                    seed_everything, synchronize)
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+# seconds = train_seconds + test_seconds (the epoch's computing); save_seconds: its checkpoints.
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                  "train_seconds", "test_seconds", "save_seconds")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def build_parser():
@@ -56,8 +60,13 @@ def build_parser():
     a("--data-dir", default="data", help="where archives live and decoded folders are cached")
     a("--no-download", action="store_true", help="fail instead of downloading a missing archive")
     a("--device", default="auto", help=DEVICE_HELP)
-    a("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--amp", action="store_true", help="bf16 autocast (a CUDA GPU of compute capability 8.0 or "
+      "newer, or a CPU with native bf16)")
+    a("--tf32", action="store_true", help="float32 convolutions and matrix products in TF32 on a CUDA "
+      "GPU of compute capability 8.0 or newer (faster, 10-bit mantissa); without it IEEE float32")
+    a("--compile", nargs="?", const="default", default=False, choices=COMPILE_MODES, metavar="MODE",
+      help="torch.compile the training step's model; MODE (default: default) is torch.compile's: "
+      "reduce-overhead adds CUDA graphs (fewest kernel launches), max-autotune also tunes kernels")
     a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     a("--resume", action="store_true", help="continue runs/<name>/last.pt with its saved config")
     a("--overwrite", action="store_true", help="replace an existing run of the same name")
@@ -95,10 +104,13 @@ def check_args(args, parser):
 
 
 def make_optimizer(model, cfg):
+    # On a GPU the fused kernels update every parameter in a launch or two instead of several per
+    # tensor; the CPU keeps the reference loop, which every earlier CPU run was trained with.
+    impl = dict(fused=True) if next(model.parameters()).is_cuda else {}
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                               weight_decay=cfg["weight_decay"])
-    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+                               weight_decay=cfg["weight_decay"], **impl)
+    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], **impl)
 
 
 @torch.no_grad()
@@ -224,42 +236,50 @@ def build_state(cfg, ckpt, device):
     st = SimpleNamespace(
         model=build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last),
         data_gen=torch.Generator().manual_seed(cfg["seed"]), epoch=0, history=[], best_acc=-1.0,
-        elapsed=0.0, train_elapsed=0.0)
+        elapsed=0.0, train_elapsed=0.0, compile_seconds=0.0, compile_pending=False)
     st.optimizer = make_optimizer(st.model, cfg)
     st.scheduler = torch.optim.lr_scheduler.MultiStepLR(st.optimizer, cfg["milestones"], cfg["gamma"])
     if ckpt is not None:
         st.model.load_state_dict(ckpt["model"])
+        # load_state_dict takes the saved run's fused/foreach choice too: keep the one for this device.
+        impl = {k: st.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
         st.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in st.optimizer.param_groups:
+            group.update(impl)
         st.scheduler.load_state_dict(ckpt["scheduler"])
         st.data_gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         st.epoch, st.history = ckpt["epoch"], list(ckpt["history"])
         st.best_acc, st.elapsed, st.train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
+        st.compile_seconds = ckpt.get("compile_seconds", 0.0)
     return st
 
 
 def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
     """One pass over the training set: (mean loss, accuracy, images seen). CutMix-ed batches count
-    their accuracy against both labels, weighted by lam."""
+    their accuracy against both labels, weighted by lam. The first step of a compiled model, which
+    compiles it, is timed apart into st.compile_seconds."""
     device = loader.images.device
     st.model.train()
     t0 = time.perf_counter()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-    first_bad = torch.full((), -1, device=device)
-    seen = 0
+    seen, checked = 0, 0
     # On a GPU, reading the loss every step would stall the pipeline: look every 50 steps.
     sync_every = 1 if device.type == "cpu" else 50
     postfix_every = 10 if device.type == "cpu" else 50
     bar = tqdm(loader, desc=f"epoch {st.epoch + 1}/{cfg['epochs']}", leave=False, disable=None, file=sys.stdout)
     for step, (x, y) in enumerate(bar):
+        # A compiled model is compiled for one batch shape: the tail batch (50,000 = 390 x 128 + 80)
+        # would compile forward and backward again, so it runs the same weights eagerly instead.
+        model = step_model if len(y) == loader.batch_size else st.model
         mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=st.data_gen).item() < cfg["cutmix_prob"]
         with amp_context():
             if mixed:
                 x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], st.data_gen)
-                out = step_model(x)
+                out = model(x)
                 loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
             else:
-                out = step_model(x)
+                out = model(x)
                 loss = criterion(out, y)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,14 +288,19 @@ def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
             pred = out.argmax(1)
             correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum() if mixed
                         else (pred == y).sum())
-            loss_sum += loss.detach().float() * len(y)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                    torch.full_like(first_bad, step), first_bad)
+            # The sum stays finite while every loss is: one check covers all steps since the last.
+            loss_sum.add_(loss.detach(), alpha=len(y))
         seen += len(y)
-        if ((step + 1) % sync_every == 0 or step + 1 == len(loader)) and int(first_bad) >= 0:
-            raise UserError(f"the training loss became NaN/inf at epoch {st.epoch + 1}, "
-                            f"step {int(first_bad) + 1}; lower --lr (the last good checkpoint "
-                            f"{run_dir / 'last.pt'} is kept)")
+        if st.compile_pending and model is step_model:
+            synchronize(device)
+            st.compile_seconds += time.perf_counter() - t0
+            st.compile_pending = False
+        if (step + 1) % sync_every == 0 or step + 1 == len(loader):
+            if not torch.isfinite(loss_sum):
+                where = f"step {step + 1}" if step == checked else f"steps {checked + 1}-{step + 1}"
+                raise UserError(f"the training loss became NaN/inf at epoch {st.epoch + 1}, {where}; "
+                                f"lower --lr (the last good checkpoint {run_dir / 'last.pt'} is kept)")
+            checked = step + 1
         if not bar.disable and (step + 1) % postfix_every == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
@@ -283,25 +308,42 @@ def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
 
 
 def save_epoch(st, cfg, run_dir, is_best):
-    """Everything a resume needs, after every epoch; best.pt when the test accuracy is the best yet."""
+    """Everything a resume needs, after every epoch; best.pt when the test accuracy is the best yet.
+    The time it takes goes into the epoch's history row (after the checkpoint, which holds None)."""
+    t0 = time.perf_counter()
     state = dict(model=st.model.state_dict(), optimizer=st.optimizer.state_dict(),
                  scheduler=st.scheduler.state_dict(), epoch=st.epoch, history=st.history,
-                 best_acc=st.best_acc, elapsed=st.elapsed, train_elapsed=st.train_elapsed, config=cfg,
+                 best_acc=st.best_acc, elapsed=st.elapsed, train_elapsed=st.train_elapsed,
+                 compile_seconds=st.compile_seconds, config=cfg,
                  rng=dict(data=st.data_gen.get_state(), torch=torch.get_rng_state()))
     save_checkpoint(state, run_dir / "last.pt")
     if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
-        save_checkpoint(state, run_dir / "best.pt")
+        atomic_link_or_copy(run_dir / "last.pt", run_dir / "best.pt")  # the same bytes, not serialised twice
+    st.history[-1]["save_seconds"] = round(time.perf_counter() - t0, 3)
     write_history(st.history, run_dir / "history.csv")
-    plot_curves(st.history, run_dir / "curves.png")
+
+
+def recover_save_seconds(history, path):
+    """A resumed run's last saved row has save_seconds None (the checkpoint was written before it
+    was known); history.csv, written after the checkpoint, usually has it."""
+    if not history or history[-1].get("save_seconds") is not None or not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = {r["epoch"]: r for r in csv.DictReader(f)}
+    saved = rows.get(str(history[-1]["epoch"]), {}).get("save_seconds")
+    if saved:
+        history[-1]["save_seconds"] = float(saved)
 
 
 def finish(st, cfg, run_dir):
-    """config.json, written last: its presence means the run is complete."""
+    """curves.png, then config.json, written last: its presence means the run is complete."""
+    plot_curves(st.history, run_dir / "curves.png")
     final, best = st.history[-1], max(st.history, key=lambda h: h["test_acc"])
+    computing = max(st.train_elapsed - st.compile_seconds, 1e-9)  # images/s leaves compiling out
     cfg.update(status="complete", wall_seconds=round(st.elapsed, 2),
                final_test_accuracy=final["test_acc"], best_test_accuracy=best["test_acc"],
-               best_epoch=best["epoch"], train_images_per_second=round(
-                   cfg["n_train"] * len(st.history) / max(st.train_elapsed, 1e-9), 1))
+               best_epoch=best["epoch"], compile_seconds=round(st.compile_seconds, 2),
+               train_images_per_second=round(cfg["n_train"] * len(st.history) / computing, 1))
     save_json(cfg, run_dir / "config.json")
     print(f"done: {run_dir} final test accuracy {100 * final['test_acc']:.2f}% "
           f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {st.elapsed:.1f} s")
@@ -309,11 +351,11 @@ def finish(st, cfg, run_dir):
             "best_test_accuracy": best["test_acc"], "epochs": len(st.history)}
 
 
-def run(args):
+def setup(args):
+    """The run folder, its configuration, the training state, the loaders and the step's model."""
     run_dir, ckpt = prepare_run(args)
     saved = ckpt["config"] if ckpt is not None else vars(args)
     device = resolve_device(args.device)
-    tensorboard = TensorBoardLog(args.tensorboard)
     seed_everything(saved["seed"], saved["deterministic"])
     # A resume finds the run's data as every later step does, so it may start from another folder.
     ds = (dataset_from_config(saved, download=not saved["no_download"]) if ckpt is not None else
@@ -322,35 +364,48 @@ def run(args):
     cfg = start_config(args, ckpt, ds, device, run_dir)
     st = build_state(cfg, ckpt, device)
     if ckpt is not None:
+        recover_save_seconds(st.history, run_dir / "history.csv")
         print(f"resuming {run_dir} after epoch {st.epoch}")
     train_loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
                                 device, train=True, augment=cfg["augment"], generator=st.data_gen)
     test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
-    step_model = torch.compile(st.model) if cfg["compile"] else st.model
-    use_amp, note = autocast_mode(device, cfg["amp"])
+    # What the run really computes in, whatever was asked (a resume may move to another device).
+    cfg["precision"], note = precision_of(device, cfg["amp"], cfg.get("tf32", False))
     if note:
         print(note)
-    # What the run really computed in, whatever was asked (a resume may move to another device).
-    cfg["precision"] = "bf16 autocast" if use_amp else "float32"
+    mode = cfg["compile"]
+    st.compile_pending = bool(mode)
+    step_model = torch.compile(st.model, mode="default" if mode is True else mode, dynamic=False) if mode else st.model
+    return run_dir, cfg, st, train_loader, test_loader, step_model
+
+
+def run(args):
+    tensorboard = TensorBoardLog(args.tensorboard)
+    run_dir, cfg, st, train_loader, test_loader, step_model = setup(args)
+    device = train_loader.images.device
+    use_amp = cfg["precision"] == "bf16 autocast"
 
     def amp_context():
         return autocast(device, use_amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     while st.epoch < cfg["epochs"]:
-        t0 = time.perf_counter()
+        t0, compiling = time.perf_counter(), st.compile_seconds
         train_loss, train_acc, seen = train_epoch(st, step_model, train_loader, cfg, criterion, amp_context, run_dir)
-        train_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         test_loss, test_acc = evaluate_loader(st.model, test_loader, nn.CrossEntropyLoss(), amp_context)
-        seconds = time.perf_counter() - t0
-        st.elapsed, st.train_elapsed, st.epoch = st.elapsed + seconds, st.train_elapsed + train_seconds, st.epoch + 1
+        t2 = time.perf_counter()
+        st.elapsed, st.train_elapsed, st.epoch = st.elapsed + t2 - t0, st.train_elapsed + t1 - t0, st.epoch + 1
         row = dict(epoch=st.epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),
                    test_loss=round(test_loss, 6), test_acc=round(test_acc, 6),
-                   lr=st.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3))
+                   lr=st.optimizer.param_groups[0]["lr"], seconds=round(t2 - t0, 3),
+                   train_seconds=round(t1 - t0, 3), test_seconds=round(t2 - t1, 3), save_seconds=None)
         st.history.append(row)
         st.scheduler.step()
+        compiled = st.compile_seconds - compiling
         print(f"epoch {st.epoch}/{cfg['epochs']}: train loss {train_loss:.4f} acc {100 * train_acc:.2f}% | "
-              f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | {seen / train_seconds:.0f} img/s, "
-              f"{seconds:.1f} s", flush=True)
+              f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
+              f"{seen / max(t1 - t0 - compiled, 1e-9):.0f} img/s, {t2 - t0:.1f} s"
+              + (f" (compiling {compiled:.1f} s)" if compiled else ""), flush=True)
         tensorboard.log(run_dir, row)
         is_best = test_acc > st.best_acc
         st.best_acc = max(st.best_acc, test_acc)

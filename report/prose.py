@@ -18,7 +18,7 @@ SETTINGS = {  # config.json key -> label in the configuration table, in table or
     "gamma": "lr factor at milestones",
     "augment": "augmentation", "cutmix_prob": "CutMix probability", "cutmix_alpha": "CutMix alpha",
     "label_smoothing": "label smoothing", "seed": "seed", "limit_train": "training subset",
-    "limit_test": "test subset", "amp": "bf16 autocast", "compile": "torch.compile",
+    "limit_test": "test subset", "amp": "bf16 autocast", "tf32": "TF32 (CUDA)", "compile": "torch.compile",
     "deterministic": "deterministic kernels"}
 
 

@@ -76,7 +76,9 @@ def read_history(path):
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+        # A timing column may be blank (a resumed run's boundary epoch): None, not an error.
+        return [{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()}
+                for r in rows]
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
         raise UserError(f"{path} cannot be read as train.py's history ({e}); retrain or restore it") from None
 

@@ -7,11 +7,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 import failures
 import gradcam
 import train
+
+
+CUDA_AVAILABLE = torch.cuda.is_available
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_by_default():
+    """The suite checks the CPU path, bit for bit where it compares two runs, and tests/test_gpu.py
+    (marked cuda) the CUDA one. On a CUDA machine --device auto would pick the GPU, with other
+    kernels (and cuDNN autotuning): every unmarked test sees no GPU, as on CI; subprocesses that
+    train are given --device cpu."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def cuda_when_marked(request, monkeypatch):
+    if request.node.get_closest_marker("cuda"):
+        monkeypatch.setattr(torch.cuda, "is_available", CUDA_AVAILABLE)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ severity; agreement with NumPy/SciPy/OpenCV/PIL versions of the published functi
 the command line on a trained synthetic run."""
 import copy
 import json
+import shutil
 from io import BytesIO
 
 import cv2
@@ -217,7 +218,9 @@ def test_cli_grid_on_a_subset(run):
     assert saved["checkpoint"] == "last" and saved["epoch"] == 1 and saved["limit_test"] == 40
     pred = np.load(run / "predictions.npz")
     rows = common.subset_indices(120, 40).numpy()
-    assert saved["clean_accuracy"] == pytest.approx((pred["probs"].argmax(1) == pred["labels"])[rows].mean())
+    # Counted from predictions.npz on the same rows, not recomputed: exactly equal.
+    correct = pred["probs"].argmax(1) == pred["labels"]
+    assert saved["clean_accuracy"] == round(float(correct[rows].mean()), 6)
     cells = [a for n in NAMES for a in saved["accuracy"][n]]
     assert len(cells) == 2 * len(NAMES) and all(0 <= a <= 1 for a in cells)
     assert saved["mean_corruption_error"] == pytest.approx(np.mean([1 - a for a in cells]), abs=1e-6)
@@ -235,18 +238,89 @@ def test_cli_full_test_set_matches_metrics(run):
     result = corruptions.main(["--run", str(run), "--corruptions", "contrast", "--severities", "1",
                                "--device", "cpu"])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert result["n"] == 120 and result["clean_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert result["n"] == 120 and result["clean_accuracy"] == round(metrics["test_accuracy"], 6)
+
+
+def copy_run(run, dest, **arrays):
+    """A copy of the run folder without its corruptions.json, predictions.npz's arrays replaced by
+    those given (the others kept)."""
+    shutil.copytree(run, dest)
+    (dest / "corruptions.json").unlink(missing_ok=True)
+    with np.load(run / "predictions.npz") as f:
+        saved = {k: f[k] for k in f.files}
+    np.savez_compressed(dest / "predictions.npz", **{**saved, **arrays})
+    return dest
+
+
+@pytest.fixture
+def doctored(run, tmp_path):
+    """A copy of the run whose predictions.npz and metrics.json claim other predictions than its model
+    makes: every even row right, every odd row wrong (accuracy 0.5). A clean accuracy recomputed
+    with the model misses them; one read from evaluate.py's file finds them. Returns (copy, the
+    claimed hits, the model's own hits)."""
+    with np.load(run / "predictions.npz") as f:
+        labels, probs = f["labels"], f["probs"]
+    claimed = np.where(np.arange(len(labels)) % 2 == 0, labels, (labels + 1) % probs.shape[1])
+    copy = copy_run(run, tmp_path / "syn", probs=np.eye(probs.shape[1], dtype=np.float32)[claimed])
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["test_accuracy"] = float((claimed == labels).mean())
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    return copy, claimed == labels, probs.argmax(1) == labels
+
+
+@pytest.mark.parametrize("limit", [None, 40])
+def test_cli_clean_accuracy_is_read_from_predictions(doctored, limit, monkeypatch, capsys):
+    run, claimed, own = doctored
+    images = []
+
+    def predict(model, x, *args, **kwargs):
+        images.append(len(x))
+        return evaluate.predict(model, x, *args, **kwargs)
+    monkeypatch.setattr(corruptions, "predict", predict)
+    result = corruptions.main(["--run", str(run), "--corruptions", "contrast", "--severities", "1",
+                               "--device", "cpu"] + ([] if limit is None else ["--limit-test", str(limit)]))
+    rows = common.subset_indices(120, limit)
+    rows = slice(None) if rows is None else rows.numpy()
+    assert claimed[rows].mean() != own[rows].mean()  # else the test could not tell reading from recomputing
+    assert result["n"] == (limit or 120) and result["clean_accuracy"] == round(float(claimed[rows].mean()), 6)
+    if limit is None:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert result["clean_accuracy"] == metrics["test_accuracy"] == 0.5
+    assert images == [result["n"]]  # one forward pass, the contrast cell's: none over the clean images
+    assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", ["labels", "fewer rows", "indices"])
+def test_cli_predictions_of_another_test_set(run, tmp_path, change):
+    with np.load(run / "predictions.npz") as f:
+        saved = {k: f[k] for k in f.files}
+    if change == "labels":  # one label off: evaluated on another dataset's copy
+        labels = saved["labels"].copy()
+        labels[7] = (labels[7] + 1) % saved["probs"].shape[1]
+        arrays = {"labels": labels}
+    elif change == "fewer rows":  # evaluated under another --limit-test
+        arrays = {k: v[:100] for k, v in saved.items()}
+    else:  # the same labels but other test images
+        arrays = {"indices": saved["indices"] + 1}
+    copy = copy_run(run, tmp_path / "syn", **arrays)
+    with pytest.raises(SystemExit) as exc:
+        corruptions.main(["--run", str(copy), "--corruptions", "contrast", "--severities", "1",
+                          "--device", "cpu", "--limit-test", "40"])
+    message = exc.value.code
+    assert message.startswith(f"error: {copy / 'predictions.npz'} does not match the run's test set (")
+    assert message.endswith(f"; re-run python evaluate.py --run {copy}") and "\n" not in message
+    assert not (copy / "corruptions.json").exists()
 
 
 @pytest.mark.skipif(not common.cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_cli_amp_keeps_the_clean_accuracy_exact(run):
-    """--amp: corrupted cells under bf16 autocast, the clean column in float32 as metrics.json."""
+    """--amp: corrupted cells under bf16 autocast, the clean column evaluate.py's float32 predictions."""
     flags = ["--run", str(run), "--corruptions", "contrast", "fog", "--severities", "1", "5",
              "--device", "cpu"]
     fp32, bf16 = corruptions.main(flags), corruptions.main(flags + ["--amp"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert bf16["precision"] == "bf16 autocast" and fp32["precision"] == "float32"
-    assert bf16["clean_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert bf16["clean_accuracy"] == fp32["clean_accuracy"] == round(metrics["test_accuracy"], 6)
     for name in ("contrast", "fog"):  # 120 images: a flipped prediction moves a cell by 0.0083
         assert bf16["accuracy"][name] == pytest.approx(fp32["accuracy"][name], abs=0.05)
 

@@ -1,5 +1,6 @@
 """Dataset loading: official-format CIFAR archives, folder datasets, the synthetic set."""
 import io
+import os
 import tarfile
 
 import cv2
@@ -53,8 +54,10 @@ def test_official_archive_is_parsed(kind, tmp_path, trusted_archive):
 
 def test_checksum_mismatch_is_refused(tmp_path):
     make_cifar_archive(tmp_path / "cifar-100-python.tar.gz", "cifar100")  # not the official md5
-    with pytest.raises(UserError, match="expected eb9058c3a382ffc7106e4002c42a8d85"):
-        load_dataset("cifar100", tmp_path, download=False)
+    for _ in range(2):  # nothing is cached for a file that failed its check, so it fails again
+        with pytest.raises(UserError, match="expected eb9058c3a382ffc7106e4002c42a8d85"):
+            load_dataset("cifar100", tmp_path, download=False)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_missing_archive_without_download_says_where_to_put_it(tmp_path):
@@ -140,6 +143,101 @@ def test_limits_take_a_fixed_subset_that_keeps_original_indices(tmp_path, truste
                        load_dataset("cifar10", tmp_path, False, 10, 7).test_indices)
 
 
+#### The parsed-archive cache: every script of the chain loads the same archive
+
+def assert_same_dataset(a, b):
+    assert a.name == b.name and a.classes == b.classes and a.superclasses == b.superclasses
+    for f in ("train_x", "train_y", "test_x", "test_y"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and torch.equal(x, y), f
+
+
+def forbid_reading_the_archive(monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("the archive was read again although its cache is valid")
+    monkeypatch.setattr(common, "file_md5", read)
+    monkeypatch.setattr(tarfile, "open", read)
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_an_official_archive_is_checked_and_parsed_once(kind, tmp_path, trusted_archive, monkeypatch):
+    trusted_archive(kind)
+    first = load_dataset(kind, tmp_path, download=False)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    forbid_reading_the_archive(monkeypatch)
+    assert_same_dataset(load_dataset(kind, tmp_path, download=False), first)
+    limited = load_dataset(kind, tmp_path, download=False, limit_test=7)
+    assert torch.equal(limited.test_x, first.test_x[limited.test_indices])
+
+
+def test_an_archive_given_by_path_is_parsed_once_and_still_says_it_is_not_official(
+        tmp_path, monkeypatch, capsys):
+    path = tmp_path / "gen.tar.gz"
+    write_archive(path, "cifar100", 40, 15, pixels="shapes")
+    first = load_dataset(str(path), tmp_path / "data")
+    assert capsys.readouterr().out.count("is not the official file") == 1
+    forbid_reading_the_archive(monkeypatch)
+    assert_same_dataset(load_dataset(str(path), tmp_path / "data"), first)
+    assert capsys.readouterr().out.count("is not the official file") == 1
+
+
+def test_a_touched_or_replaced_archive_is_read_again(tmp_path, monkeypatch):
+    path = tmp_path / "gen.tar.gz"
+    write_archive(path, "cifar10", 30, 10, seed=0, level=0)  # stored: the size is the pickles' own
+    first = load_dataset(str(path), tmp_path / "data")
+    checked = []
+    real_md5 = common.file_md5
+    monkeypatch.setattr(common, "file_md5", lambda p: checked.append(p) or real_md5(p))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the same bytes, a new mtime
+    assert_same_dataset(load_dataset(str(path), tmp_path / "data"), first)
+    assert len(checked) == 1
+    write_archive(path, "cifar10", 30, 10, seed=1, level=0)  # other pixels, the same size
+    assert path.stat().st_size == st.st_size
+    assert not torch.equal(load_dataset(str(path), tmp_path / "data").train_x, first.train_x)
+    write_archive(path, "cifar10", 40, 10, seed=0)  # another size
+    assert len(load_dataset(str(path), tmp_path / "data").train_y) == 40 and len(checked) == 3
+
+
+def test_a_replaced_official_archive_is_checked_again(tmp_path, trusted_archive):
+    trusted_archive("cifar100")
+    load_dataset("cifar100", tmp_path, download=False)
+    make_cifar_archive(tmp_path / "cifar-100-python.tar.gz", "cifar100", seed=1)
+    with pytest.raises(UserError, match="has md5 [0-9a-f]+, expected .*corrupt or not the official"):
+        load_dataset("cifar100", tmp_path, download=False)
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "not an entry", "unsafe"])
+def test_a_corrupt_cache_is_rebuilt_silently(damage, tmp_path, trusted_archive, capsys):
+    trusted_archive("cifar10")
+    first = load_dataset("cifar10", tmp_path, download=False)
+    [cache] = (tmp_path / "cache").glob("*.pt")
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:cache.stat().st_size // 2])
+    elif damage == "not an entry":  # a readable file, but not what the loader wrote
+        torch.save({"train_x": torch.zeros(1)}, cache)
+    elif damage == "unsafe":  # needs arbitrary unpickling, which weights_only refuses
+        torch.save(tmp_path, cache)
+    else:
+        cache.write_bytes(b"" if damage == "empty" else b"not a torch file")
+    capsys.readouterr()
+    assert_same_dataset(load_dataset("cifar10", tmp_path, download=False), first)
+    assert capsys.readouterr() == ("", "")
+    assert set(torch.load(cache, weights_only=True)) == {"kind", "md5", *common.ARCHIVE_FIELDS}
+
+
+def test_an_unwritable_data_dir_only_costs_a_parse_each_time(tmp_path, monkeypatch):
+    path = tmp_path / "gen.tar.gz"
+    write_archive(path, "cifar10", 30, 10)
+
+    def read_only(state, to):
+        raise PermissionError(13, "Permission denied", str(to))
+    monkeypatch.setattr(common, "save_checkpoint", read_only)
+    first = load_dataset(str(path), tmp_path / "ro")
+    assert_same_dataset(load_dataset(str(path), tmp_path / "ro"), first)
+    assert not (tmp_path / "ro").exists()
+
+
 #### Folder datasets
 
 def test_folder_dataset_decodes_once_and_caches(tmp_path, monkeypatch):
@@ -152,8 +250,13 @@ def test_folder_dataset_decodes_once_and_caches(tmp_path, monkeypatch):
 
     def no_decode(*args):
         raise AssertionError("decoded again although the cache is valid")
-    monkeypatch.setattr(common, "_decode", no_decode)
-    assert torch.equal(load_dataset(str(root), tmp_path / "data").train_x, ds.train_x)
+    with monkeypatch.context() as m:
+        m.setattr(common, "_decode", no_decode)
+        assert torch.equal(load_dataset(str(root), tmp_path / "data").train_x, ds.train_x)
+    [cache] = (tmp_path / "data" / "cache").glob("imgs-*.pt")
+    cache.write_bytes(b"garbage")  # a corrupt cache is decoded again, without a traceback
+    assert torch.equal(load_dataset(str(root), tmp_path / "data").test_x, ds.test_x)
+    assert torch.equal(torch.load(cache, weights_only=True)["test_x"], ds.test_x)
 
 
 def test_folder_images_of_another_size_are_resized(tmp_path):

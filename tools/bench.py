@@ -1,17 +1,19 @@
-"""Training-throughput benchmark: the reference-style input pipeline against the project's.
+"""Training-throughput benchmark: the reference-style input pipeline against train.py's own epoch.
 
     python tools/bench.py                       # ResNet-18, batch 128, on whatever device is present
-    python tools/bench.py --arch simplecnn --steps 20
+    python tools/bench.py --arch simplecnn --images 20000 --json out.json
 
-(a) reference style: a torchvision-style dataset that returns PIL images, PIL transforms
-    (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) and a DataLoader;
-(b) this project: uint8 data resident on the device, batched crop+flip there (DeviceLoader),
-    in float32 contiguous, float32 channels_last (what train.py does) and with --amp (bf16
-    autocast: on CUDA, or on a CPU with native bf16); on CUDA also --amp --compile.
-Prints images/s, seconds per 50,000-image epoch and the ratios to (a) and to (b) channels_last.
-A benchmark, not a test.
+(a) reference style: a torchvision-style dataset of PIL images, PIL transforms (RandomCrop(32,
+    padding=4), RandomHorizontalFlip, ToTensor, Normalize), a DataLoader, a plain float32 step;
+(b) train.py: its own train_epoch (CutMix and label smoothing as the study's improved model, the
+    loss and accuracy bookkeeping, the NaN check, the tail batch) on its device-resident loader, in
+    float32, TF32 (CUDA), bf16 autocast (--amp, where native) and compiled (CUDA, or --compile).
+Each (b) row runs one untimed epoch first (cuDNN autotuning, compilation: its seconds are printed
+apart as "first epoch"), then times --epochs epochs of --images images; every timing waits for the
+chosen device. The loaders alone, without a model, are timed beside them. A benchmark, not a test.
 """
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-if __name__ == "__main__":  # run as a script: common.py is in the repository's root
+if __name__ == "__main__":  # run as a script: the project's modules are in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode,
-                    build_model, channel_stats, cli_guard, device_name, load_dataset,
-                    resolve_device)
+import train
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode, build_model,
+                    channel_stats, cli_guard, cuda_ampere_or_newer, device_name, load_dataset, precision_of, resolve_device,
+                    save_json, synchronize)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -42,90 +45,132 @@ class PILDataset(torch.utils.data.Dataset):
 
 
 def reference_batches(ds, mean, std, batch_size, workers, device):
+    """Endless batches of the reference pipeline, copied to the device as its loop would."""
     from torchvision import transforms as T
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(mean, std)])
     loader = torch.utils.data.DataLoader(
         PILDataset(ds.train_x, ds.train_y, transform), batch_size=batch_size, shuffle=True,
-        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
-        persistent_workers=workers > 0)
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     for x, y in itertools.chain.from_iterable(itertools.repeat(loader)):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def project_batches(ds, mean, std, batch_size, device):
-    loader = DeviceLoader(ds.train_x, ds.train_y, batch_size, mean, std, device, train=True,
-                          augment="crop-flip", generator=torch.Generator().manual_seed(0))
-    while True:
-        yield from (b for b in loader if len(b[1]) == batch_size)
+def timed(fn, device):
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
-def time_training(arch, num_classes, batches, device, steps, warmup, amp=False, compile=False,
-                  channels_last=False):
-    """Images/s of SGD training steps fed by `batches`, after `warmup` untimed steps."""
+def reference_rates(arch, ds, mean, std, args, device):
+    """(training images/s, loader-alone images/s) of the reference pipeline, --images per pass."""
+    batches = reference_batches(ds, mean, std, args.batch_size, args.workers, device)
+    steps = -(-args.images // args.batch_size)
     torch.manual_seed(0)
-    model = build_model(arch, num_classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if compile else model
+    model = build_model(arch, ds.num_classes).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     criterion = nn.CrossEntropyLoss()
-    model.train()
-    n = 0
-    for i, (x, y) in enumerate(batches):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0, n = time.perf_counter(), 0
-        if i == warmup + steps:
-            break
-        with autocast(device, amp):
-            loss = criterion(step_model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n += len(y)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+
+    def train_pass(n_steps):
+        for x, y in itertools.islice(batches, n_steps):
+            loss = criterion(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    train_pass(min(steps, 5))  # warm-up: workers start, cuDNN autotunes
+    seconds = timed(lambda: train_pass(steps), device)
+    loader_seconds = timed(lambda: [b for b in itertools.islice(batches, steps)], device)
+    n = steps * args.batch_size
+    return n / seconds, n / loader_seconds
+
+
+def epoch_rates(ds, args, device, precision, compile_mode):
+    """train.py's epoch: (images/s over --epochs timed epochs, seconds of the untimed first epoch,
+    of which compiling). precision: float32, tf32 or bf16."""
+    flags = ["--arch", args.arch, "--batch-size", str(args.batch_size), "--dataset", "synthetic",
+             "--cutmix-prob", str(args.cutmix_prob), "--label-smoothing", "0.1", "--device", str(device)]
+    flags += {"bf16": ["--amp"], "tf32": ["--tf32"], "float32": []}[precision]
+    flags += ["--compile", compile_mode] if compile_mode else []
+    parser = train.build_parser()
+    targs = parser.parse_args(flags)
+    train.check_args(targs, parser)
+    torch.manual_seed(0)
+    cfg = dict(vars(targs), num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+    st = train.build_state(cfg, None, device)
+    loader = DeviceLoader(ds.train_x[:args.images], ds.train_y[:args.images], args.batch_size, cfg["mean"],
+                          cfg["std"], device, train=True, augment="crop-flip", generator=st.data_gen)
+    ran, _ = precision_of(device, cfg["amp"], cfg["tf32"])
+    use_amp = ran == "bf16 autocast"
+    step_model = torch.compile(st.model, mode=compile_mode, dynamic=False) if compile_mode else st.model
+    st.compile_pending = bool(compile_mode)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def epoch():
+        train.train_epoch(st, step_model, loader, cfg, criterion, lambda: autocast(device, use_amp), Path("."))
+    first = timed(epoch, device)
+    seconds = timed(lambda: [epoch() for _ in range(args.epochs)], device)
+    return len(loader.labels) * args.epochs / seconds, first, st.compile_seconds
+
+
+def loader_rate(ds, args, device):
+    """Images/s of train.py's loader alone: crop, flip and normalise on the device, no model."""
+    loader = DeviceLoader(ds.train_x[:args.images], ds.train_y[:args.images], args.batch_size, ds.mean,
+                          ds.std, device, train=True, augment="crop-flip", generator=torch.Generator().manual_seed(0))
+    [b for b in loader]
+    return len(loader.labels) * args.epochs / timed(lambda: [[b for b in loader] for _ in range(args.epochs)], device)
+
+
+def variants(device, compile_cpu):
+    """(label, precision, compile mode) of the (b) rows this device can run."""
+    cuda = device.type == "cuda"
+    rows = [("float32", "float32", None)]
+    if cuda and cuda_ampere_or_newer(device):
+        rows.append(("TF32 (--tf32)", "tf32", None))
+    if autocast_mode(device, True)[0]:
+        rows.append(("bf16 autocast (--amp)", "bf16", None))
+        if cuda or compile_cpu:
+            rows.append(("bf16 + compile (--amp --compile)", "bf16", "default"))
+        if cuda:
+            rows.append(("bf16 + CUDA graphs (--compile reduce-overhead)", "bf16", "reduce-overhead"))
+    elif compile_cpu:
+        rows.append(("float32 + compile (--compile)", "float32", "default"))
+    return rows
 
 
 def run(args):
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    args.steps = args.steps or (50 if cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 1)
+    args.images = args.images or (10_000 if cuda else 3 * args.batch_size + 40)
+    args.epochs = args.epochs or (3 if cuda else 1)
     ds = load_dataset(args.dataset, args.data_dir, download=False)
-    mean, std = channel_stats(ds.train_x)
-    cases = [("(a) reference: PIL + DataLoader", dict(batches=reference_batches(
-        ds, mean, std, args.batch_size, args.workers, device)))]
-    variants = [("(b) device-resident, float32 contiguous", dict(channels_last=False)),
-                ("(b) device-resident, channels_last", {})]
-    use_amp, note = autocast_mode(device, True, "no --amp row")
-    if use_amp:
-        variants.append(("(b) + bf16 autocast (--amp)", dict(amp=True)))
-    if use_amp and cuda:
-        variants.append(("(b) + bf16 autocast + compile", dict(amp=True, compile=True)))
-    for label, extra in variants:
-        kw = {"channels_last": True, **extra}
-        cases.append((label, dict(batches=project_batches(ds, mean, std, args.batch_size, device),
-                                  **kw)))
-    print(f"{args.arch}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} "
-          f"warm-up, on {device_name(device)}, torch {torch.__version__}")
-    if note:
-        print(note)
-    print("| pipeline | images/s | s per 50k-image epoch | vs (a) | vs (b) channels_last |\n"
+    ds.mean, ds.std = channel_stats(ds.train_x)
+    if len(ds.train_y) < args.images:
+        args.images = len(ds.train_y)
+    print(f"{args.arch}, batch {args.batch_size}, {args.images:,} images x {args.epochs} timed epochs "
+          f"(tail batch {args.images % args.batch_size or args.batch_size}), CutMix p={args.cutmix_prob}, "
+          f"on {device_name(device)}, torch {torch.__version__}")
+    print("| pipeline | images/s | s per 50k-image epoch | vs (a) | first epoch s (compiling s) |\n"
           "|---|---|---|---|---|")
-    results = {}
-    for label, kw in cases:
-        ips = time_training(args.arch, ds.num_classes, device=device, steps=args.steps,
-                            warmup=args.warmup, **kw)
-        results[label] = ips
-        base = results[cases[0][0]]
-        cl = results.get("(b) device-resident, channels_last")
-        vs_cl = f"{ips / cl:.2f}x" if cl else "-"
-        print(f"| {label} | {ips:,.0f} | {50000 / ips:.1f} | {ips / base:.2f}x | {vs_cl} |",
-              flush=True)
+    results = {"device": device_name(device), "torch": torch.__version__, "arch": args.arch,
+               "batch_size": args.batch_size, "images": args.images, "rows": []}
+
+    def row(label, ips, first="-", compiling=None):
+        base = results["rows"][0]["images_per_second"] if results["rows"] else ips
+        results["rows"].append(dict(pipeline=label, images_per_second=round(ips, 1),
+                                    first_epoch_seconds=first, compile_seconds=compiling))
+        first_text = first if first == "-" else f"{first:.1f}" + (f" ({compiling:.1f})" if compiling else "")
+        print(f"| {label} | {ips:,.0f} | {50000 / ips:.1f} | {ips / base:.2f}x | {first_text} |", flush=True)
+    ref, ref_loader = reference_rates(args.arch, ds, ds.mean, ds.std, args, device)
+    row(f"(a) reference: PIL + DataLoader ({args.workers} workers), float32", ref)
+    row("(a) its loader alone", ref_loader)
+    row("(b) train.py's loader alone", loader_rate(ds, args, device))
+    for label, precision, mode in variants(device, args.compile):
+        ips, first, compiling = epoch_rates(ds, args, device, precision, mode)
+        row(f"(b) train.py epoch, {label}", ips, round(first, 2), round(compiling, 2) if mode else None)
+    if args.json:
+        save_json(results, args.json)
     return results
 
 
@@ -135,9 +180,13 @@ def build_parser():
     p.add_argument("--dataset", default="synthetic", help="any dataset train.py accepts")
     p.add_argument("--data-dir", default="data", help="where archives live")
     p.add_argument("--batch-size", type=int, default=128, help="training images per step")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 3 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 on CUDA, 1 on CPU)")
+    p.add_argument("--images", type=int, default=None,
+                   help="training images per timed epoch (default 10,000 on CUDA, 3 batches + 40 elsewhere)")
+    p.add_argument("--epochs", type=int, default=None, help="timed epochs per row (default 3 on CUDA, 1 elsewhere)")
+    p.add_argument("--cutmix-prob", type=float, default=0.5, help="as train.py's (the study's improved model)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the reference")
+    p.add_argument("--compile", action="store_true", help="also time compiled rows off CUDA (slow to compile)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p
 
@@ -145,8 +194,10 @@ def build_parser():
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if (args.steps is not None and args.steps < 1) or args.batch_size < 1 or (args.warmup or 0) < 0:
-        p.error("--steps and --batch-size must be at least 1, --warmup at least 0")
+    if ((args.images is not None and args.images < 1) or (args.epochs is not None and args.epochs < 1)
+            or args.batch_size < 1 or args.workers < 0 or not 0 <= args.cutmix_prob <= 1):
+        p.error("--images, --epochs and --batch-size must be at least 1, --workers at least 0, "
+                "--cutmix-prob in [0, 1]")
     return cli_guard(run, args)
 
 

@@ -87,6 +87,7 @@ def run(args):
             correct += (out_.argmax(1) == y).sum().item()
             seen += len(y)
         sched.step()
+        t1 = time.perf_counter()
         model.eval()
         t_loss = t_correct = t_seen = 0
         with torch.no_grad():
@@ -97,7 +98,8 @@ def run(args):
                 t_seen += len(y)
         rows.append([epoch, round(loss_sum / seen, 6), round(correct / seen, 6),
                      round(t_loss / t_seen, 6), round(t_correct / t_seen, 6), lr,
-                     round(time.perf_counter() - t0, 3)])
+                     round(time.perf_counter() - t0, 3), round(t1 - t0, 3),
+                     round(time.perf_counter() - t1, 3), 0.0])  # no checkpoint saved: 0 s
         print(dict(zip(HISTORY_FIELDS, rows[-1])), flush=True)
         # Rewritten whole each epoch, so an interrupted run keeps the epochs it finished.
         atomic_write(out, lambda f: write_rows(f, rows), mode="w")
