@@ -151,11 +151,12 @@ def set_tf32(enabled):
     training on an Ampere-or-newer GPU would silently run its convolutions in TF32: resolve_device
     sets IEEE float32 for everything at start-up, and only train.py --tf32 turns TF32 on."""
     value = "tf32" if enabled else "ieee"
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with the legacy flags is an error
-        torch.backends.cuda.matmul.fp32_precision = value
-        torch.backends.cudnn.conv.fp32_precision = value
-        torch.backends.cudnn.rnn.fp32_precision = value
+    new_api = [getattr(torch.backends.cuda, "matmul", None), getattr(torch.backends.cudnn, "conv", None),
+               getattr(torch.backends.cudnn, "rnn", None)]
+    if hasattr(new_api[1], "fp32_precision"):  # torch >= 2.9; mixing it with the legacy flags is an error
+        for backend in new_api:
+            if hasattr(backend, "fp32_precision"):
+                backend.fp32_precision = value
     else:
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
