@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,31 +285,6 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({e})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0]})") from None
-
-
-# Which script writes each JSON file of a run or study folder: errors name it.
-PRODUCERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
-             "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
-             "comparison.json": "compare.py", "gradcam.json": "gradcam.py", "seeds.json": "compare.py",
-             "ablation.json": "compare.py"}
-
-
-def read_json(path, what, expect=dict):
-    """A JSON file the project wrote; anything but valid UTF-8 JSON of type `expect` (None: any)
-    is a UserError naming the file and the script that writes it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
-    redo = (f"write it again with {PRODUCERS[path.name]}" if path.name in PRODUCERS
-            else "write it again")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} {path} is not valid UTF-8 JSON ({e}); {redo}") from None
-    if expect is not None and not isinstance(obj, expect):
-        raise UserError(f"{what} {path} holds a JSON {type(obj).__name__}, not the "
-                        f"{expect.__name__} expected; {redo}")
-    return obj
 
 
 #### Network
@@ -789,6 +763,18 @@ class DeviceLoader:
             yield normalize(x, *self.norm), self.labels[idx]
 
 
+@torch.no_grad()
+def predict(model, images_u8, mean, std, batch_size=1024, amp=False):
+    """Logits (N, C) as float32 on the CPU, computed in batches on the model's device; amp=True
+    runs the forward passes under bf16 autocast (only where autocast_mode allows it)."""
+    device = next(model.parameters()).device
+    loader = DeviceLoader(images_u8, torch.zeros(len(images_u8), dtype=torch.long), batch_size,
+                          mean, std, device)
+    with autocast(device, amp):
+        # One copy to the CPU at the end: a copy per batch would make the host wait for each batch.
+        return torch.cat([model(x).float() for x, _ in loader]).cpu()
+
+
 def cutmix(images, labels, alpha, generator=None):
     """CutMix as its authors define it: one permutation and one box for the whole batch.
 
@@ -823,266 +809,3 @@ def cutmix(images, labels, alpha, generator=None):
     mixed[:, :, y0:y1, x0:x1] = images[perm][:, :, y0:y1, x0:x1]
     lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (h * w)
     return mixed, labels, labels[perm.to(labels.device)], lam
-
-
-#### Runs
-
-# What every later step reads from config.json (train.py's, or evaluate.py --weights' for an import).
-CONFIG_KEYS = ("arch", "dataset", "num_classes", "classes", "mean", "std")
-
-
-def read_config(run_dir):
-    """A finished run's config.json, holding CONFIG_KEYS; an unfinished training says how to resume."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train it with train.py first")
-    if not (run_dir / "config.json").is_file() and (run_dir / "last.pt").is_file():
-        raise UserError(f"{run_dir} has not finished training (no config.json yet); continue it "
-                        f"with: python train.py --resume --name {run_dir.name} --runs-dir {run_dir.parent}")
-    config = read_json(run_dir / "config.json", "run config")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise UserError(f"{run_dir / 'config.json'} lacks {', '.join(missing)}; it is not train.py's "
-                        "(retrain the run, or import its weights with evaluate.py --weights)")
-    return config
-
-
-def load_run(run_dir, checkpoint="last", device="cpu"):
-    """Rebuild a trained model from runs/<name>: (model in eval mode, config, checkpoint dict)."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    if config.get("imported") and checkpoint != "last":
-        raise UserError(f"{run_dir} holds imported weights only (last.pt): it has no {checkpoint}.pt; "
-                        "use --checkpoint last")
-    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt")
-    model = build_model(config["arch"], config["num_classes"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise UserError(f"{run_dir / (checkpoint + '.pt')} does not match its config "
-                        f"({config['arch']}, {config['num_classes']} classes): "
-                        f"{str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), config, ckpt
-
-
-def checkpoint_words(config, checkpoint):
-    """What figures and the supplement call the evaluated weights: an imported model's only file is
-    saved as last.pt, but "last checkpoint" would claim a training that this project never saw."""
-    return "imported weights" if config.get("imported") else f"{checkpoint} checkpoint"
-
-
-# Where saved files keep the weights (PyTorch tutorials, this project, Lightning, ad-hoc scripts),
-# and the prefixes wrappers add to every key: DataParallel/DDP, torch.compile, Lightning modules.
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
-
-
-def _is_state_dict(obj):
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
-
-
-def find_state_dict(obj, path):
-    """The weights inside a checkpoint loaded by load_checkpoint: (state_dict, how it was found).
-
-    A bare state_dict or one under a key of STATE_DICT_KEYS (one level of nesting deeper too),
-    with the WRAPPER_PREFIXES that every key shares removed, in any order and combination."""
-    found, where = None, "a bare state_dict"
-    if _is_state_dict(obj):
-        found = obj
-    elif isinstance(obj, dict):
-        for key in STATE_DICT_KEYS:
-            inner = obj.get(key)
-            if not _is_state_dict(inner) and isinstance(inner, dict):
-                inner = next((inner[k] for k in STATE_DICT_KEYS if _is_state_dict(inner.get(k))), None)
-            if _is_state_dict(inner):
-                found, where = inner, f"the state_dict under {key!r}"
-                break
-    if found is None:
-        keys = ", ".join(map(repr, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"{path} holds no state_dict (found {keys or 'an empty dict'}); give a file "
-                        f"with a bare state_dict or one under {', '.join(map(repr, STATE_DICT_KEYS))}")
-    stripped = []
-    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in found)), None):
-        found = {k[len(prefix):]: v for k, v in found.items()}
-        stripped.append(prefix)
-    if stripped:
-        where += ", prefix " + " + ".join(repr(p) for p in stripped) + " removed"
-    return found, where
-
-
-def state_dict_mismatch(model, state_dict):
-    """One clause saying how state_dict differs from model's (missing, unexpected keys, shapes), or None."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    extra = [k for k in state_dict if k not in own]
-    shapes = [f"{k} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} expected"
-              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-
-    def few(names):
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    parts = ([f"{len(missing)} keys missing ({few(missing)})"] if missing else []) + \
-            ([f"{len(extra)} unexpected ({few(extra)})"] if extra else []) + \
-            ([f"shapes differ: {few(shapes)}"] if shapes else [])
-    return "; ".join(parts) or None
-
-
-def weights_fingerprint(model):
-    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes) in key order:
-    evaluate.py records it, later steps compare it instead of re-checking predictions."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_evaluated(run_dir, device="cpu"):
-    """The model whose predictions evaluate.py wrote (the checkpoint metrics.json names), checked by
-    its weights' fingerprint: (model in eval mode, config, checkpoint dict, metrics)."""
-    run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
-    checkpoint = metrics.get("checkpoint", "last")
-    model, config, ckpt = load_run(run_dir, checkpoint, device)
-    if weights_fingerprint(model) != metrics.get("weights_sha256"):
-        raise UserError(f"{run_dir / (checkpoint + '.pt')} holds other weights than evaluate.py evaluated "
-                        f"(retrained or replaced since, or metrics.json is older than this check); "
-                        f"re-run python evaluate.py --run {run_dir} and the steps after it")
-    return model, config, ckpt, metrics
-
-
-# What later steps read from metrics.json (compare.py reads calibration and per-class accuracy here
-# rather than recomputing them).
-METRIC_KEYS = ("test_accuracy", "per_class_accuracy", "nll", "brier", "ece", "reliability", "checkpoint")
-
-
-def read_metrics(run_dir):
-    """evaluate.py's metrics.json of a run: its "checkpoint" names the model the predictions came from."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run python evaluate.py --run {run_dir} first")
-    metrics = read_json(path, "metrics")
-    missing = [k for k in METRIC_KEYS if k not in metrics]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)} (written by an older evaluate.py?); "
-                        f"re-run python evaluate.py --run {run_dir}")
-    return metrics
-
-
-def _read_npz(path, keys, script, run_dir):
-    """The arrays `keys` of a .npz file that `script` writes for run_dir; missing or unreadable
-    (truncated, another program's) is a UserError saying what to run."""
-    redo = f"run python {script} --run {run_dir}"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; {redo} first")
-    try:
-        with np.load(path) as f:
-            return {k: f[k] for k in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: truncated or not {script}'s); "
-                        f"{redo} again") from None
-
-
-def read_predictions(run_dir):
-    """evaluate.py's predictions.npz of a run: probs (N, C), labels (N,), indices (N,), as arrays
-    whose shapes agree; a missing, truncated or inconsistent file is a UserError."""
-    path = Path(run_dir) / "predictions.npz"
-    redo = f"run python evaluate.py --run {run_dir}"
-    pred = _read_npz(path, ("probs", "labels", "indices"), "evaluate.py", run_dir)
-    n = len(pred["labels"])
-    if (pred["probs"].ndim != 2 or len(pred["probs"]) != n or pred["labels"].ndim != 1
-            or pred["indices"].shape != (n,)):
-        raise UserError(f"{path} holds arrays of inconsistent shapes ({pred['probs'].shape} probs, "
-                        f"{pred['labels'].shape} labels, {pred['indices'].shape} indices); {redo} again")
-    return pred
-
-
-CASE_FIELDS = ("index", "row", "true", "pred", "confidence")  # what gradcam and faithfulness read
-
-
-def read_cases(path, labels, indices, run, fields=CASE_FIELDS, probs=None):
-    """failures.py's file at `path`: (its JSON, its cases), every case holding `fields` (what the
-    caller reads; row, index and true at least) and naming a test image of `run` by row, index and
-    label (labels, indices: its predictions). With probs (the run's predictions.npz), the cases must
-    have been selected from these very predictions: each case's pred and confidence are the run's."""
-    data = read_json(path, "failures file")
-    cases = data.get("cases")
-    redo = f"python failures.py --run {run}"
-    if not isinstance(cases, list) or not cases:
-        raise UserError(f"{path} has no cases; write it with {redo}")
-    for k, case in enumerate(cases):
-        missing = [f for f in dict.fromkeys(("index", "row", "true", *fields))
-                   if not isinstance(case, dict) or f not in case]
-        if missing:
-            raise UserError(f"case {k + 1} of {path} lacks {', '.join(missing)}; write the file "
-                            f"again with {redo}")
-        r = case["row"]
-        if not (isinstance(r, int) and 0 <= r < len(labels) and int(indices[r]) == case["index"]
-                and int(labels[r]) == case["true"]):
-            raise UserError(f"{path} does not match the test set of {run}; re-run {redo}")
-        if probs is not None and (case.get("pred") != int(probs[r].argmax()) or abs(
-                case.get("confidence", probs[r].max()) - float(probs[r].max())) > 1e-5):
-            raise UserError(f"{path} was not written from the predictions of {run} (case {k + 1}'s "
-                            f"prediction or confidence differs); re-run {redo}, or pass that run's own "
-                            "failures.json")
-    return data, cases
-
-
-def read_gradcam(run, cases):
-    """gradcam.py's gradcam.json of a run, checked to explain exactly `cases` (failures.json's),
-    in the same order, with the weights that metrics.json names."""
-    path = Path(run) / "gradcam.json"
-    redo = f"python gradcam.py --run {run}"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; {redo} writes the Grad-CAM evidence of the cases")
-    data = read_json(path, "Grad-CAM results")
-    explained = data.get("cases")
-    if not isinstance(explained, list) or [c.get("index") if isinstance(c, dict) else None
-                                           for c in explained] != [c["index"] for c in cases]:
-        raise UserError(f"{path} does not explain the cases of failures.json (it is older, or made "
-                        f"for other cases); re-run {redo}")
-    if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
-        raise UserError(f"{path} explains other weights than metrics.json's (the run was re-evaluated "
-                        f"since); re-run {redo}")
-    return data
-
-
-def read_gradcam_maps(run, indices, layer, checkpoint):
-    """gradcam.py's gradcam.npz of a run: the scaled maps (N, H, W) for the predicted and the true
-    class of the cases with these test indices, made at `layer` with `checkpoint`."""
-    path = Path(run) / "gradcam.npz"
-    redo = f"re-run python gradcam.py --run {run}"
-    got = _read_npz(path, ("maps_pred", "maps_true", "indices", "layer", "checkpoint"), "gradcam.py", run)
-    if (list(got["indices"]) != list(indices) or str(got["layer"]) != layer
-            or str(got["checkpoint"]) != checkpoint or got["maps_pred"].shape != got["maps_true"].shape
-            or len(got["maps_pred"]) != len(indices)):
-        raise UserError(f"{path} holds maps of other cases, another layer or another checkpoint "
-                        f"(wanted {len(indices)} cases at {layer}, {checkpoint}); {redo}")
-    return torch.from_numpy(got["maps_pred"]), torch.from_numpy(got["maps_true"])
-
-
-def dataset_from_config(config, data_dir=None, download=False):
-    """The dataset a run was trained on, with the same test subset (downloads only if asked: a
-    resumed training may fetch a CIFAR archive again, as its start could; later steps never do).
-
-    config.json keeps --dataset and --data-dir as the user typed them; a relative path that does not
-    exist from here is taken relative to the folder the run was made in, so that later steps may
-    run from anywhere.
-    """
-    made_in = config.get("working_dir")
-
-    def located(path):
-        if made_in and not Path(path).is_absolute() and not Path(path).exists():
-            return str(Path(made_in) / path)
-        return path
-
-    name = config["dataset"]
-    if name not in NAMED_DATASETS:
-        name = located(name)
-        if not Path(name).exists():
-            where = f" nor under {made_in}, where the run was made" if made_in else ""
-            raise UserError(f"the run's dataset {config['dataset']} is not found from {os.getcwd()}{where}; "
-                            "run from the folder the run was made in or put the dataset back there")
-    return load_dataset(name, data_dir or located(config["data_dir"]), download=download,
-                        limit_train=config.get("limit_train"), limit_test=config.get("limit_test"))

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 import compare_figures as figures
-import corruptions
-from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, dataset_from_config, git_commit,
-                    load_evaluated, normalize, read_cases, read_config, read_gradcam, read_gradcam_maps,
-                    read_metrics, read_predictions, resolve_device, save_json)
-from evaluate import ECE_BINS
+from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, git_commit, normalize, resolve_device,
+                    save_json)
+from contract import (ECE_BINS, dataset_from_config, load_evaluated, load_grid, read_cases, read_config,
+                      read_gradcam, read_gradcam_maps, read_metrics, read_predictions)
+from corrupt import CIFAR_C_STANDARD, mean_error
 from gradcam import find_layer, grad_cam  # the same maps as gradcam.py's figures
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -490,13 +490,13 @@ def run(args):
     if not result["same_checkpoint"]:
         print(f"warning: the runs were evaluated with different checkpoints "
               f"({base['metrics'].get('checkpoint')} vs {impr['metrics'].get('checkpoint')})")
-    grids = [corruptions.load_grid(s["run"], s["metrics"]) for s in (base, impr)]
+    grids = [load_grid(s["run"], s["metrics"]) for s in (base, impr)]
     if None in grids:
         lacking = [str(s["run"]) for s, g in zip((base, impr), grids) if g is None]
         print(f"note: no corruptions.json in {' and '.join(lacking)}; corruption comparison skipped "
               "(python corruptions.py --run <run> writes it)")
     else:
-        result["corruptions"] = corruptions.compare_grids(*grids)
+        result["corruptions"] = compare_grids(*grids)
         result["figures"].append("corruptions")
 
     @functools.cache
@@ -522,6 +522,39 @@ def run(args):
         mce = result["corruptions"]["mean_corruption_error"]
         print(f"mean corruption error {100 * mce['baseline']:.2f}% -> {100 * mce['improved']:.2f}%")
     return result
+
+
+#### Corruption grids side by side
+
+def compare_grids(b, i):
+    """Per-corruption mean accuracy of both runs, its change, and where the change is largest."""
+    for key in ("source", "n", "limit_test", "seed", "severities"):
+        # Files written before "source" existed had generated corruptions.
+        vb, vi = (g.get(key, "generated" if key == "source" else None) for g in (b, i))
+        if vb != vi:
+            raise UserError(f"the runs' corruptions.json differ in {key} ({vb} vs {vi}); "
+                            "re-run python corruptions.py on both with the same flags")
+    names = [n for n in b["corruptions"] if n in i["corruptions"]]
+    if not names:
+        raise UserError("the runs' corruptions.json have no corruption in common; re-run python "
+                        "corruptions.py on both with the same --corruptions")
+    rows = []
+    for n in names:
+        mb, mi = float(np.mean(b["accuracy"][n])), float(np.mean(i["accuracy"][n]))
+        rows.append({"name": n, "baseline": round(mb, 6), "improved": round(mi, 6), "difference": round(mi - mb, 6),
+                     "by_severity": [round(q - p, 6) for p, q in zip(b["accuracy"][n], i["accuracy"][n])]})
+    ranked = sorted(rows, key=lambda r: (r["difference"], r["name"]))
+    bench = [n for n in names if n in CIFAR_C_STANDARD]
+    mce = {k: mean_error(g["accuracy"], names) for k, g in (("baseline", b), ("improved", i))}
+    return {"source": b.get("source", "generated"), "severities": b["severities"], "corruptions": names,
+            "n": b["n"],
+            "clean_accuracy": {"baseline": b["clean_accuracy"], "improved": i["clean_accuracy"]},
+            "mean_corruption_error": {**mce, "difference": round(mce["improved"] - mce["baseline"], 6)},
+            "mean_corruption_error_benchmark": {k: mean_error(g["accuracy"], bench)
+                                                for k, g in (("baseline", b), ("improved", i))},
+            "per_corruption": rows,
+            "helps_most": [r["name"] for r in reversed(ranked) if r["difference"] > 0][:3],
+            "hurts_most": [r["name"] for r in ranked if r["difference"] < 0][:3]}
 
 
 def main(argv=None):

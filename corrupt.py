@@ -379,6 +379,17 @@ NAMES = tuple(CORRUPTIONS)
 BENCHMARK = NAMES[:14]  # CIFAR-10-C's 15 without frost
 SEVERITIES = (1, 2, 3, 4, 5)
 
+# The published CIFAR-10-C / CIFAR-100-C files, in their order: the benchmark's 15 (frost among them,
+# which this module cannot generate) and 4 extras. The mean corruption error is also given over the 15.
+CIFAR_C_STANDARD = BENCHMARK[:8] + ("frost",) + BENCHMARK[8:]
+CIFAR_C_EXTRA = tuple(n for n in NAMES if n not in BENCHMARK)
+CIFAR_C_NAMES = CIFAR_C_STANDARD + CIFAR_C_EXTRA
+
+
+def mean_error(grid, names):
+    """Mean of 1 - accuracy over every corruption x severity (CIFAR-10-C's mean corruption error)."""
+    return round(float(np.mean([1 - a for n in names for a in grid[n]])), 6) if names else None
+
 
 def check_choice(names=(), severities=()):
     bad = [n for n in names if n not in CORRUPTIONS]

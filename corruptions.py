@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard,
-                    dataset_from_config, device_name, git_commit, load_evaluated, read_json,
-                    read_predictions, resolve_device, save_json, subset_indices)
-from corrupt import BENCHMARK, NAMES, SEVERITIES, check_choice, corrupt
-from evaluate import predict
+from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard, device_name, git_commit,
+                    predict, resolve_device, save_json, subset_indices)
+from contract import load_analysis
+from corrupt import (CIFAR_C_EXTRA, CIFAR_C_NAMES, CIFAR_C_STANDARD, NAMES, SEVERITIES,
+                     check_choice, corrupt, mean_error)
 
 
 #### Command line: accuracy of a run's checkpoint on every corruption x severity
@@ -65,11 +65,6 @@ def build_parser():
 
 
 CHUNK = 1000  # images corrupted at once: bounds memory, and the noise drawn does not depend on --batch-size
-# The published CIFAR-10-C / CIFAR-100-C files, in their order: the benchmark's 15 (frost among them,
-# which corrupt.py cannot generate) and 4 extras. The mean corruption error is also given over the 15.
-CIFAR_C_STANDARD = BENCHMARK[:8] + ("frost",) + BENCHMARK[8:]
-CIFAR_C_EXTRA = tuple(n for n in NAMES if n not in BENCHMARK)
-CIFAR_C_NAMES = CIFAR_C_STANDARD + CIFAR_C_EXTRA
 
 
 def cell_seed(seed, name, severity, chunk):
@@ -183,17 +178,10 @@ def corrupted_images(args, cifar_c, names, config, ds, rows, images):
         name, severity, official[start:stop]).to(images.device)
 
 
-def clean_accuracy(run, ds, rows):
+def clean_accuracy(predictions, rows):
     """Accuracy on the clean test images (rows of the run's test set, or all), counted from the
     predictions evaluate.py wrote: another forward pass could disagree with metrics.json on a GPU."""
-    pred = read_predictions(run)
-    # The rows index the dataset's test set, so the file must hold that very set in that order.
-    if not (np.array_equal(pred["labels"], ds.test_y.numpy())
-            and np.array_equal(pred["indices"], ds.test_indices.numpy())):
-        raise UserError(f"{run / 'predictions.npz'} does not match the run's test set "
-                        f"({len(pred['labels']):,} predictions for {len(ds.test_y):,} test images, or other "
-                        f"labels or indices); re-run python evaluate.py --run {run}")
-    correct = pred["probs"].argmax(1) == pred["labels"]
+    correct = predictions["probs"].argmax(1) == predictions["labels"]
     if rows is not None:
         correct = correct[rows.numpy()]
     return round(int(correct.sum()) / len(correct), 6)  # as the cells: hits / n, to 6 digits
@@ -208,14 +196,14 @@ def run(args):
     run = Path(args.run)
     t0 = time.perf_counter()
     device = resolve_device(args.device)
-    model, config, ckpt, metrics = load_evaluated(run, device)  # the model evaluate.py described
-    checkpoint = metrics.get("checkpoint", "last")
-    ds = dataset_from_config(config, args.data_dir)
+    analysis = load_analysis(run, device, args.data_dir)  # the model evaluate.py described
+    model, config, ckpt, checkpoint, ds = (analysis.model, analysis.config, analysis.ckpt, analysis.checkpoint,
+                                           analysis.ds)
     rows = subset_indices(len(ds.test_y), args.limit_test)
     images, labels = (ds.test_x, ds.test_y) if rows is None else (ds.test_x[rows], ds.test_y[rows])
     images, labels = images.to(device), labels.to(device)
     corrupted = corrupted_images(args, cifar_c, names, config, ds, rows, images)
-    clean = clean_accuracy(run, ds, rows)  # before any forward pass: a stale file fails at once
+    clean = clean_accuracy(analysis.predictions, rows)
     use_amp, note = autocast_mode(device, args.amp, "corrupted images in float32")
     if note:
         print(note)
@@ -279,58 +267,6 @@ def print_summary(result, run):
                   f"{100 * result[f'mean_corruption_error_{key}']:.2f}%")
 
 
-def mean_error(grid, names):
-    """Mean of 1 - accuracy over every corruption x severity (CIFAR-10-C's mean corruption error)."""
-    return round(float(np.mean([1 - a for n in names for a in grid[n]])), 6) if names else None
-
-
-#### Two runs side by side (compare.py)
-
-def load_grid(run, metrics):
-    """A run's corruptions.json, or None if it has none; refused if written for another model than
-    metrics.json describes (checkpoint, epoch, or clean accuracy off by more than 0.2 points)."""
-    path = Path(run) / "corruptions.json"
-    if not path.is_file():
-        return None
-    grid = read_json(path, "corruptions file")
-    stale = (grid.get("checkpoint"), grid.get("epoch")) != (metrics.get("checkpoint"), metrics.get("epoch"))
-    if grid.get("limit_test") is None and "test_accuracy" in metrics:
-        stale |= abs(grid.get("clean_accuracy", -1) - metrics["test_accuracy"]) > 0.002
-    if stale:
-        raise UserError(f"{path} was written for another model than metrics.json describes; "
-                        f"re-run python corruptions.py --run {run}")
-    return grid
-
-
-def compare_grids(b, i):
-    """Per-corruption mean accuracy of both runs, its change, and where the change is largest."""
-    for key in ("source", "n", "limit_test", "seed", "severities"):
-        # Files written before "source" existed had generated corruptions.
-        vb, vi = (g.get(key, "generated" if key == "source" else None) for g in (b, i))
-        if vb != vi:
-            raise UserError(f"the runs' corruptions.json differ in {key} ({vb} vs {vi}); "
-                            "re-run python corruptions.py on both with the same flags")
-    names = [n for n in b["corruptions"] if n in i["corruptions"]]
-    if not names:
-        raise UserError("the runs' corruptions.json have no corruption in common; re-run python "
-                        "corruptions.py on both with the same --corruptions")
-    rows = []
-    for n in names:
-        mb, mi = float(np.mean(b["accuracy"][n])), float(np.mean(i["accuracy"][n]))
-        rows.append({"name": n, "baseline": round(mb, 6), "improved": round(mi, 6), "difference": round(mi - mb, 6),
-                     "by_severity": [round(q - p, 6) for p, q in zip(b["accuracy"][n], i["accuracy"][n])]})
-    ranked = sorted(rows, key=lambda r: (r["difference"], r["name"]))
-    bench = [n for n in names if n in CIFAR_C_STANDARD]
-    mce = {k: mean_error(g["accuracy"], names) for k, g in (("baseline", b), ("improved", i))}
-    return {"source": b.get("source", "generated"), "severities": b["severities"], "corruptions": names,
-            "n": b["n"],
-            "clean_accuracy": {"baseline": b["clean_accuracy"], "improved": i["clean_accuracy"]},
-            "mean_corruption_error": {**mce, "difference": round(mce["improved"] - mce["baseline"], 6)},
-            "mean_corruption_error_benchmark": {k: mean_error(g["accuracy"], bench)
-                                                for k, g in (("baseline", b), ("improved", i))},
-            "per_corruption": rows,
-            "helps_most": [r["name"] for r in reversed(ranked) if r["difference"] > 0][:3],
-            "hurts_most": [r["name"] for r in ranked if r["difference"] < 0][:3]}
 
 
 def main(argv=None):

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_write, autocast, device_name,
-                    build_model, channel_stats, cli_guard, dataset_from_config, find_state_dict,
-                    load_checkpoint, load_dataset, load_run, provenance, resolve_device, save_checkpoint,
-                    save_json, state_dict_mismatch, weights_fingerprint)
+from common import (ARCHS, DEVICE_HELP, UserError, arg_parser, atomic_write, build_model, channel_stats,
+                    cli_guard, device_name, load_checkpoint, load_dataset, predict, provenance, resolve_device,
+                    save_checkpoint, save_json)
+from contract import ECE_BINS, dataset_from_config, load_run, weights_fingerprint
 
 
 def build_parser():
@@ -71,6 +71,64 @@ def check_import_args(args, parser):
         parser.error("--mean and --std are in [0, 1] units (e.g. 0.5071 0.4865 0.4409), std above 0")
 
 
+#### Weights trained elsewhere (--weights)
+
+# Where saved files keep the weights (PyTorch tutorials, this project, Lightning, ad-hoc scripts),
+# and the prefixes wrappers add to every key: DataParallel/DDP, torch.compile, Lightning modules.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def find_state_dict(obj, path):
+    """The weights inside a checkpoint loaded by load_checkpoint: (state_dict, how it was found).
+
+    A bare state_dict or one under a key of STATE_DICT_KEYS (one level of nesting deeper too),
+    with the WRAPPER_PREFIXES that every key shares removed, in any order and combination."""
+    found, where = None, "a bare state_dict"
+    if _is_state_dict(obj):
+        found = obj
+    elif isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if not _is_state_dict(inner) and isinstance(inner, dict):
+                inner = next((inner[k] for k in STATE_DICT_KEYS if _is_state_dict(inner.get(k))), None)
+            if _is_state_dict(inner):
+                found, where = inner, f"the state_dict under {key!r}"
+                break
+    if found is None:
+        keys = ", ".join(map(repr, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"{path} holds no state_dict (found {keys or 'an empty dict'}); give a file "
+                        f"with a bare state_dict or one under {', '.join(map(repr, STATE_DICT_KEYS))}")
+    stripped = []
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in found)), None):
+        found = {k[len(prefix):]: v for k, v in found.items()}
+        stripped.append(prefix)
+    if stripped:
+        where += ", prefix " + " + ".join(repr(p) for p in stripped) + " removed"
+    return found, where
+
+
+def state_dict_mismatch(model, state_dict):
+    """One clause saying how state_dict differs from model's (missing, unexpected keys, shapes), or None."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    shapes = [f"{k} is {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} expected"
+              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+
+    def few(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    parts = ([f"{len(missing)} keys missing ({few(missing)})"] if missing else []) + \
+            ([f"{len(extra)} unexpected ({few(extra)})"] if extra else []) + \
+            ([f"shapes differ: {few(shapes)}"] if shapes else [])
+    return "; ".join(parts) or None
+
+
 def import_weights(args):
     """Write args.run as a run folder from an outside checkpoint: last.pt, then config.json (last:
     load_run treats a folder without it as unfinished). The weights must fit --arch exactly.
@@ -108,18 +166,6 @@ def import_weights(args):
     return ds
 
 
-@torch.no_grad()
-def predict(model, images_u8, mean, std, batch_size=1024, amp=False):
-    """Logits (N, C) as float32 on the CPU, computed in batches on the model's device; amp=True
-    runs the forward passes under bf16 autocast (only where common.autocast_mode allows it)."""
-    device = next(model.parameters()).device
-    loader = DeviceLoader(images_u8, torch.zeros(len(images_u8), dtype=torch.long), batch_size,
-                          mean, std, device)
-    with autocast(device, amp):
-        # One copy to the CPU at the end: a copy per batch would make the host wait for each batch.
-        return torch.cat([model(x).float() for x, _ in loader]).cpu()
-
-
 def classification_metrics(logits, labels, num_classes):
     """Accuracy, top-5, per-class accuracy and mean cross-entropy from logits and labels."""
     labels = torch.as_tensor(labels)
@@ -139,7 +185,6 @@ def classification_metrics(logits, labels, num_classes):
     }
 
 
-ECE_BINS = 15  # Guo et al. 2017: equal-width bins on the top-label confidence
 
 
 def calibration(probs, labels, n_bins=ECE_BINS):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (UserError, arg_parser, cli_guard, dataset_from_config, read_config, read_json,
-                    read_predictions, save_figure, save_json)
+from common import UserError, arg_parser, cli_guard, save_figure, save_json
+from contract import dataset_from_config, read_config, read_json, read_predictions
 
 THRESHOLDS = (0.5, 0.9, 0.99)
 

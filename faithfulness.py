@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, checkpoint_words, cli_guard,
-                    dataset_from_config, device_name, git_commit, load_evaluated, normalize,
-                    read_cases, read_predictions, resolve_device, save_figure, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard, device_name,
+                    git_commit, normalize, resolve_device, save_figure, save_json)
+from contract import checkpoint_words, load_analysis, read_cases
 from gradcam import find_layer, grad_cam
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
@@ -265,20 +265,14 @@ def run(args):
     t0 = time.perf_counter()
     check_args(args)
     run = Path(args.run)
-    if not run.is_dir():
-        raise UserError(f"run folder {run} does not exist; train it with train.py first")
-    pred_npz = read_predictions(run)
-    probs, labels, indices = pred_npz["probs"], pred_npz["labels"], pred_npz["indices"]
-    preds = probs.argmax(1)
     device = resolve_device(args.device)
     # The model whose predictions evaluate.py wrote, so the maps explain those predictions.
-    model, config, _, metrics = load_evaluated(run, device)
-    checkpoint = metrics.get("checkpoint", "last")
+    analysis = load_analysis(run, device, args.data_dir)
+    model, config, checkpoint, ds = analysis.model, analysis.config, analysis.checkpoint, analysis.ds
+    probs, labels, indices = (analysis.predictions[k] for k in ("probs", "labels", "indices"))
+    preds = probs.argmax(1)
     layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
     layer = find_layer(model, layer_name, config["arch"])
-    ds = dataset_from_config(config, args.data_dir)
-    if len(ds.test_y) != len(labels) or not np.array_equal(ds.test_indices.numpy(), indices):
-        raise UserError(f"{run / 'predictions.npz'} does not match the run's test set; re-run evaluate.py")
     cases_path, case_rows = read_case_rows(args, run, labels, indices)
     sample = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     sample = sample[:args.sample].sort().values.tolist()

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write,
-                    checkpoint_words, cli_guard, dataset_from_config, load_evaluated, normalize,
-                    read_cases, read_predictions, resolve_device, save_figure, save_json)
+from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard,
+                    normalize, resolve_device, save_figure, save_json)
+from contract import checkpoint_words, load_analysis, read_cases
 from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
@@ -284,17 +284,16 @@ def run(args):
     device = resolve_device(args.device)
     # The weights whose predictions failures.py analysed, and no other: maps of another checkpoint
     # would explain predictions nobody selected cases from.
-    model, config, _, metrics = load_evaluated(run, device)
-    checkpoint = metrics.get("checkpoint", "last")
+    analysis = load_analysis(run, device, args.data_dir)
+    model, config, checkpoint, ds = analysis.model, analysis.config, analysis.checkpoint, analysis.ds
     if args.checkpoint not in (None, checkpoint):
         raise UserError(f"evaluate.py evaluated the {checkpoint} checkpoint of {run}, and the cases come "
                         f"from its predictions; to explain {args.checkpoint}, re-run python evaluate.py "
                         f"--run {run} --checkpoint {args.checkpoint} and failures.py first")
     layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
     layer = find_layer(model, layer_name, config["arch"])
-    ds = dataset_from_config(config, args.data_dir)
     mean, std = config["mean"], config["std"]
-    pred_file = read_predictions(run)
+    pred_file = analysis.predictions
     _, cases = read_cases(cases_path, pred_file["labels"], pred_file["indices"], run,
                           probs=pred_file["probs"])
     rows = torch.tensor([c["row"] for c in cases])
@@ -316,7 +315,7 @@ def run(args):
     cm = ref.pop("centre_mass")
     quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
     result = {"run": str(run), "cases_file": str(cases_path), "layer": layer_name, "checkpoint": checkpoint,
-              "weights_sha256": metrics.get("weights_sha256"),  # the maps' model: read_gradcam checks it
+              "weights_sha256": analysis.metrics["weights_sha256"],  # the maps' model: read_gradcam checks it
               "reference": dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
                                 image_size=list(x.shape[-2:]), **ref, centre_mass_quartiles=quartiles),
               "cases": explained}

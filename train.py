@@ -21,10 +21,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_link_or_copy,
-                    atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix,
-                    dataset_from_config, device_name, git_commit, load_checkpoint, load_dataset,
-                    precision_of, provenance, resolve_device, save_checkpoint, save_figure, save_json,
-                    seed_everything, synchronize)
+                    atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
+                    git_commit, load_checkpoint, load_dataset, precision_of, provenance, resolve_device,
+                    save_checkpoint, save_figure, save_json, seed_everything, synchronize)
+from contract import dataset_from_config
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
 # seconds = train_seconds + test_seconds (the epoch's computing); save_seconds: its checkpoints.

@@ -19,7 +19,8 @@ from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UserError, arg_parser, atomic_write, cli_guard, read_gradcam, read_json
+from common import UserError, arg_parser, atomic_write, cli_guard
+from contract import read_gradcam, read_json
 from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
                    code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text,
                    setting_text, signed, tex_escape)

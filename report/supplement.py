@@ -14,7 +14,8 @@ from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UserError, arg_parser, atomic_write, checkpoint_words, cli_guard, read_config, read_json
+from common import UserError, arg_parser, atomic_write, cli_guard
+from contract import checkpoint_words, read_config, read_json
 from prose import changed_list, p_tex, pct, signed, tex_escape
 from report import build_pdf, load_extras, source_date, write_text
 

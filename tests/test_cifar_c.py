@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import common
+import compare
 import corruptions
 import evaluate
 import train
-from corrupt import corrupt
+from corrupt import CIFAR_C_STANDARD, corrupt
 from make_cifar_archive import write_archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_identity_file_gives_the_clean_accuracy(setup, tmp_path, capsys, monkeyp
     saved = json.loads((run / "corruptions.json").read_text())
     assert saved["source"] == "cifar-c" and saved["seed"] is None
     assert saved["cifar_c"] == {"dir": str(folder.resolve()), "files": ["labels.npy", "brightness.npy"],
-                                "missing_standard": [n for n in corruptions.CIFAR_C_STANDARD if n != "brightness"]}
+                                "missing_standard": [n for n in CIFAR_C_STANDARD if n != "brightness"]}
     assert saved["benchmark_corruptions"] == ["brightness"] and saved["extra_corruptions"] == []
     assert saved["mean_corruption_error_benchmark"] == saved["mean_corruption_error"]
     assert "lacks 14 of the 15 standard corruptions (gaussian_noise, " in capsys.readouterr().out
@@ -178,11 +179,9 @@ def test_unreadable_files_and_folders_are_refused(setup, tmp_path):
     refused(run, ["--cifar-c", str(folder)], "has no labels.npy")
 
 
-def test_a_run_not_on_the_cifar_archives_is_refused(setup, tmp_path):
+def test_a_run_not_on_the_cifar_archives_is_refused(setup, tiny_run, tmp_path):
     run, x, y = setup
-    other = shutil.copytree(run, tmp_path / "syn")
-    config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "dataset": "synthetic"}))
+    other = shutil.copytree(tiny_run, tmp_path / "syn")  # trained and evaluated on the synthetic set
     folder = write_c(tmp_path / "c", y, contrast=np.stack([x] * 5))
     refused(other, ["--cifar-c", str(folder)], "--cifar-c needs a run on the cifar10 or cifar100 archive, "
             "whose test order the files follow; this run's dataset is synthetic")
@@ -192,7 +191,7 @@ def test_compare_refuses_generated_against_cifar_c():
     grid_ = {"n": 10, "limit_test": None, "seed": None, "severities": [1], "corruptions": ["fog"],
              "accuracy": {"fog": [0.5]}, "clean_accuracy": 0.9}
     with pytest.raises(common.UserError, match=r"differ in source \(generated vs cifar-c\)"):
-        corruptions.compare_grids({**grid_, "source": "generated"}, {**grid_, "source": "cifar-c"})
+        compare.compare_grids({**grid_, "source": "generated"}, {**grid_, "source": "cifar-c"})
     # A corruptions.json written before "source" existed counts as generated.
-    both = corruptions.compare_grids(grid_, {**grid_, "source": "generated"})
+    both = compare.compare_grids(grid_, {**grid_, "source": "generated"})
     assert both["corruptions"] == ["fog"] and both["source"] == "generated"

@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from common import (DEFAULT_CAM_LAYER, DeviceLoader, UserError, build_model, channel_stats, crop_flip, cutmix,
-                    normalize, seed_everything)
+from common import (DEFAULT_CAM_LAYER, DeviceLoader, UserError, build_model, channel_stats, crop_flip,
+                    cutmix, normalize, seed_everything)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "simplecnn"])

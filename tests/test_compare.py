@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import common
+import contract
 import compare
 import compare_figures
 import evaluate
@@ -326,7 +327,7 @@ def trained(tmp_path_factory):
             evaluate.main(["--run", str(root / name), "--device", "cpu"])
         # The baseline's cases (two errors and a correct image) and their Grad-CAM, by the
         # project's own writers.
-        pred = common.read_predictions(root / "base")
+        pred = contract.read_predictions(root / "base")
         right = pred["probs"].argmax(1) == pred["labels"]
         rows = [*np.flatnonzero(~right)[:2], np.flatnonzero(right)[0]]
         failures.main(["--run", str(root / "base"), "--cases", *(str(pred["indices"][r]) for r in rows)])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import common
+import contract
 import corruptions
 import evaluate
 import failures
@@ -49,11 +50,11 @@ def test_truncated_predictions(run, tmp_path, capsys):
 
 def test_predictions_of_inconsistent_shapes(run, tmp_path):
     bad = copy_run(run, tmp_path / "s")
-    pred = common.read_predictions(run)
+    pred = contract.read_predictions(run)
     np.savez(bad / "predictions.npz", probs=pred["probs"][:-1], labels=pred["labels"],
              indices=pred["indices"])
     with pytest.raises(common.UserError, match="inconsistent shapes"):
-        common.read_predictions(bad)
+        contract.read_predictions(bad)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -66,10 +67,10 @@ def test_metrics_not_utf8_or_not_an_object(run, tmp_path, capsys, content, messa
     refused(capsys, bad, gradcam.main, ["--run", str(bad)], message)
 
 
-@pytest.mark.parametrize("field", common.CASE_FIELDS)
+@pytest.mark.parametrize("field", contract.CASE_FIELDS)
 def test_a_case_missing_a_field(run, tmp_path, capsys, field):
     bad = copy_run(run, tmp_path / "c")
-    data = common.read_json(run / "failures.json", "failures file")
+    data = contract.read_json(run / "failures.json", "failures file")
     del data["cases"][1][field]
     common.save_json(data, bad / "failures.json")
     message = f"case 2 of {bad / 'failures.json'} lacks {field}"
@@ -112,7 +113,7 @@ def test_compare_truncated_predictions_and_case_missing_a_field(run, tmp_path, c
     refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(bad),
                                         "--out", str(tmp_path / "c1")], "cannot be read (BadZipFile")
     other = copy_run(run, tmp_path / "o")
-    data = common.read_json(run / "failures.json", "failures file")
+    data = contract.read_json(run / "failures.json", "failures file")
     del data["cases"][0]["index"]
     common.save_json(data, tmp_path / "cases.json")
     refused(capsys, run, compare.main, ["--baseline", str(run), "--improved", str(other), "--cases",
@@ -139,7 +140,7 @@ def test_gradcam_files_truncated_or_of_other_weights(run, tmp_path, capsys):
 
 def test_config_missing_what_later_steps_read(run, tmp_path, capsys):
     bad = copy_run(run, tmp_path / "c")
-    config = common.read_json(bad / "config.json", "run config")
+    config = contract.read_json(bad / "config.json", "run config")
     del config["mean"]
     common.save_json(config, bad / "config.json")
     for fn in (failures.main, gradcam.main, corruptions.main):
@@ -150,8 +151,8 @@ def test_gradcam_of_other_weights_is_refused(run, tmp_path, capsys):
     """A run re-evaluated after gradcam.py ran: its maps explain weights that are no longer its own."""
     import compare
     base, other = copy_run(run, tmp_path / "b"), copy_run(run, tmp_path / "o")
-    explained = common.read_json(base / "gradcam.json", "Grad-CAM results")
-    assert explained["weights_sha256"] == common.read_metrics(base)["weights_sha256"]
+    explained = contract.read_json(base / "gradcam.json", "Grad-CAM results")
+    assert explained["weights_sha256"] == contract.read_metrics(base)["weights_sha256"]
     explained["weights_sha256"] = "0" * 64
     common.save_json(explained, base / "gradcam.json")
     refused(capsys, base, compare.main, ["--baseline", str(base), "--improved", str(other), "--cases",

@@ -275,7 +275,7 @@ def test_cli_clean_accuracy_is_read_from_predictions(doctored, limit, monkeypatc
 
     def predict(model, x, *args, **kwargs):
         images.append(len(x))
-        return evaluate.predict(model, x, *args, **kwargs)
+        return common.predict(model, x, *args, **kwargs)
     monkeypatch.setattr(corruptions, "predict", predict)
     result = corruptions.main(["--run", str(run), "--corruptions", "contrast", "--severities", "1",
                                "--device", "cpu"] + ([] if limit is None else ["--limit-test", str(limit)]))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import common
+import contract
 from common import UserError, file_md5, load_dataset, make_synthetic
 from conftest import make_folder
 from make_cifar_archive import cifar100_names, fine_to_coarse, write_archive
@@ -275,10 +276,10 @@ def test_folder_without_test_split_is_a_clear_error(tmp_path):
 def test_only_a_resumed_training_may_download_the_runs_archive(tmp_path, monkeypatch):
     """Later steps read what a run used (never download); train.py --resume may fetch it again."""
     asked = []
-    monkeypatch.setattr(common, "load_dataset", lambda name, data_dir, download, **kw: asked.append(download))
+    monkeypatch.setattr(contract, "load_dataset", lambda name, data_dir, download, **kw: asked.append(download))
     config = {"dataset": "cifar10", "data_dir": str(tmp_path), "limit_train": None, "limit_test": None}
-    common.dataset_from_config(config)
-    common.dataset_from_config(config, download=True)
+    contract.dataset_from_config(config)
+    contract.dataset_from_config(config, download=True)
     assert asked == [False, True]
 
 
@@ -289,14 +290,14 @@ def test_a_runs_relative_dataset_path_is_found_from_another_folder(tmp_path, mon
     monkeypatch.chdir(made)
     config = {"dataset": "imgs", "data_dir": "data", "limit_train": None, "limit_test": 4,
               **common.provenance()}
-    here = common.dataset_from_config(config)
+    here = contract.dataset_from_config(config)
     assert config["working_dir"] == str(made)
     monkeypatch.chdir(tmp_path)
-    elsewhere = common.dataset_from_config(config)
+    elsewhere = contract.dataset_from_config(config)
     assert torch.equal(elsewhere.test_x, here.test_x) and elsewhere.test_indices.tolist() == here.test_indices.tolist()
     assert not (tmp_path / "data").exists()  # the cache of the run's own data folder was used
     with pytest.raises(UserError, match="the run.s dataset gone is not found from .* nor under .*project"):
-        common.dataset_from_config({**config, "dataset": "gone"})
+        contract.dataset_from_config({**config, "dataset": "gone"})
 
 
 def test_unreadable_image_is_named(tmp_path):

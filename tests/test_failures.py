@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import failures
-from common import dataset_from_config
+from contract import dataset_from_config
 
 N, C = 20, 10
 CLASSES = [f"c{i}" for i in range(C)]

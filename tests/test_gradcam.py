@@ -12,7 +12,8 @@ import evaluate
 import failures
 import gradcam
 import train
-from common import DEFAULT_CAM_LAYER, build_model, dataset_from_config, load_run, normalize
+from common import DEFAULT_CAM_LAYER, build_model, normalize
+from contract import dataset_from_config, load_run
 from gradcam import grad_cam
 
 

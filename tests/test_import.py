@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import common
+import contract
 import evaluate
 import train
 from make_cifar_archive import write_archive
@@ -48,16 +49,16 @@ def test_each_checkpoint_form_imports_and_reproduces_the_run(run, tmp_path, form
     out = tmp_path / "imported"
     metrics = evaluate.main(["--weights", str(path), "--arch", "simplecnn", "--dataset", "synthetic",
                              "--run", str(out), "--device", "cpu", "--data-dir", str(tmp_path / "data")])
-    original = common.read_metrics(run)
+    original = contract.read_metrics(run)
     assert metrics["test_accuracy"] == original["test_accuracy"]
     assert metrics["ece"] == original["ece"]
-    assert np.array_equal(common.read_predictions(out)["probs"], common.read_predictions(run)["probs"])
+    assert np.array_equal(contract.read_predictions(out)["probs"], contract.read_predictions(run)["probs"])
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "imported" and config["imported"]["weights"] == str(path)
     assert "epochs" not in config and "history.csv" not in {p.name for p in out.iterdir()}
     assert config["mean"] == json.loads((run / "config.json").read_text())["mean"]
     # The imported folder is a run like any other: load_run rebuilds the same model.
-    model, _, _ = common.load_run(out)
+    model, _, _ = contract.load_run(out)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), weights_of(run).values()))
 
 
@@ -83,7 +84,7 @@ def test_the_reference_notebooks_layout_imports(tmp_path):
     x = (ds.test_x.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     with torch.no_grad():
         expected = net(x).softmax(1).numpy()
-    got = common.read_predictions(out)["probs"]
+    got = contract.read_predictions(out)["probs"]
     assert got.shape == (40, 100) and np.allclose(got, expected, atol=1e-5)
     assert json.loads((out / "config.json").read_text())["imported"]["normalisation"] == "given"
 

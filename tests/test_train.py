@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import common
+import contract
 import evaluate
 import train
 from conftest import make_folder
@@ -289,7 +290,7 @@ def test_amp_check_starts_every_pass_from_the_same_checkpoint(tiny_run):
     import amp_check
     ckpt = common.load_checkpoint(tiny_run / "last.pt")
     cfg = dict(ckpt["config"], limit_train=192, limit_test=60)
-    ds = common.dataset_from_config(cfg)
+    ds = contract.dataset_from_config(cfg)
     cpu = torch.device("cpu")
     test = common.DeviceLoader(ds.test_x, ds.test_y, 64, cfg["mean"], cfg["std"], cpu)
     runs = [amp_check.one_pass(ckpt, cfg, ds, test, cpu, seed, False) for seed in (1, 1, 2)]

@@ -23,7 +23,8 @@ import torch.nn as nn
 if __name__ == "__main__":  # run as a script: train.py and common.py are in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (DEVICE_HELP, DeviceLoader, UserError, arg_parser, autocast, autocast_mode, cli_guard,
-                    dataset_from_config, device_name, load_checkpoint, resolve_device, save_json)
+                    device_name, load_checkpoint, resolve_device, save_json)
+from contract import dataset_from_config
 from train import build_state, evaluate_loader, train_epoch
 
 

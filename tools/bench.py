@@ -13,7 +13,6 @@ apart as "first epoch"), then times --epochs epochs of --images images; every ti
 chosen device. The loaders alone, without a model, are timed beside them. A benchmark, not a test.
 """
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ if __name__ == "__main__":  # run as a script: the project's modules are in the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode, build_model,
-                    channel_stats, cli_guard, cuda_ampere_or_newer, device_name, load_dataset, precision_of, resolve_device,
-                    save_json, synchronize)
+                    channel_stats, cli_guard, cuda_ampere_or_newer, device_name, load_dataset,
+                    precision_of, resolve_device, save_json, synchronize)
 
 
 class PILDataset(torch.utils.data.Dataset):

@@ -20,8 +20,7 @@ import torch
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name,
-                    resolve_device)
+from common import DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name, resolve_device
 from gradcam import grad_cam
 
 CASES = (("resnet18", "layer4"), ("resnet18", "layer3"), ("simplecnn", "relu3"))
