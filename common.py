@@ -262,6 +262,15 @@ def save_json(obj, path):
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False), mode="w")
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported when a figure is drawn: importing a
+    script stays cheap, and no display is needed (a GPU node has none)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig, path, **kwargs):
     fmt = Path(path).suffix.lstrip(".")
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))

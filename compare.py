@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 import compare_figures as figures
-from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, git_commit, normalize, resolve_device,
-                    save_json)
+from cam import find_layer, grad_cam  # the same maps as gradcam.py's figures
+from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, normalize, provenance, pyplot,
+                    resolve_device, save_json)
 from contract import (ECE_BINS, dataset_from_config, load_evaluated, load_grid, read_cases, read_config,
                       read_gradcam, read_gradcam_maps, read_metrics, read_predictions)
 from corrupt import CIFAR_C_STANDARD, mean_error
-from gradcam import find_layer, grad_cam  # the same maps as gradcam.py's figures
+from settings import changed_settings, settings_of
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOP_K = 5  # classes named as largest gains and losses
@@ -37,12 +38,6 @@ TOP_K = 5  # classes named as largest gains and losses
 SUSPECT_RULE = "confident learning per-class thresholds, both models flag the same class"
 SUSPECT_TOLERANCE = 1e-6  # float32 probabilities: p = t_j on paper may land a few 1e-8 below t_j
 SUSPECTS_SHOWN = 12
-# Keys of config.json that describe a run's bookkeeping or results, not how the model was trained.
-NOT_SETTINGS = {"name", "runs_dir", "data_dir", "command", "device", "no_download", "eval_batch_size",
-                "mean", "std", "n_train", "n_test", "git_commit", "torch_version",
-                "torchvision_version", "python_version", "device_name", "status", "wall_seconds",
-                "final_test_accuracy", "best_test_accuracy", "best_epoch", "train_images_per_second",
-                "imported", "working_dir", "resumed", "compile_seconds"}
 
 
 
@@ -294,7 +289,9 @@ def calibration_summary(base, impr):
     return out
 
 
-def provenance(base, impr):
+def runs_and_changes(base, impr):
+    """comparison.json's account of the two runs (where, which weights, which code) and of the
+    training settings (settings.SETTINGS) in which they differ."""
     def side(s):
         c = s["config"]
         return {"run": str(s["run"]), "checkpoint": s["metrics"].get("checkpoint"),
@@ -302,17 +299,13 @@ def provenance(base, impr):
                 **{k: c.get(k) for k in ("name", "seed", "git_commit", "arch", "dataset", "epochs",
                                          "label_smoothing", "cutmix_prob", "cutmix_alpha", "augment")}}
     cb, ci = base["config"], impr["config"]
-    changed = sorted(k for k in set(cb) | set(ci) if k not in NOT_SETTINGS and cb.get(k) != ci.get(k))
+    changed = sorted(changed_settings(cb, ci))
     return {"runs": {"baseline": side(base), "improved": side(impr)}, "changed_settings": changed,
             "changed_values": {k: {"baseline": cb.get(k), "improved": ci.get(k)} for k in changed},
             "same_checkpoint": base["metrics"].get("checkpoint") == impr["metrics"].get("checkpoint")}
 
 
 #### Seeds and ablation (make seeds, make ablation)
-
-def _settings(config):
-    return {k: v for k, v in config.items() if k not in NOT_SETTINGS and k != "seed"}
-
 
 def seed_summary(dirs):
     """Mean and sample std over seeds of each model's accuracy and of the paired difference.
@@ -323,7 +316,7 @@ def seed_summary(dirs):
     for base, impr in pairs:
         check_same_test_set(base, impr)
         for ref, side in ((pairs[0][0], base), (pairs[0][1], impr)):
-            if _settings(side["config"]) != _settings(ref["config"]):
+            if settings_of(side["config"], {"seed"}) != settings_of(ref["config"], {"seed"}):
                 raise UserError(f"{side['run']} differs from {ref['run']} in more than its seed; "
                                 "retrain it with make seeds")
     seeds = [base["config"].get("seed") for base, _ in pairs]
@@ -348,7 +341,7 @@ def ablation_table(base, runs):
         side = load_side(run)
         check_same_test_set(base, side)
         table = two_by_two(base["correct"], side["correct"])
-        changed = provenance(base, side)["changed_values"]
+        changed = runs_and_changes(base, side)["changed_values"]
         rows.append({"run": str(run), "name": side["run"].name,
                      "changed": {k: v["improved"] for k, v in changed.items()},
                      "accuracy": round(float(side["correct"].mean()), 6),
@@ -432,14 +425,11 @@ def statistics(base, impr, args):
             "per_class": rows, "top_gains": gains, "top_losses": losses,
             "corruptions": None, "cases": None,
             "figures": ["confidence", "high_confidence", "per_class", "reliability"],
-            **provenance(base, impr),
-            "git_commit": git_commit()}
+            **runs_and_changes(base, impr), **provenance()}
 
 
 def write_figures(result, base, impr, cam, grids, test_x, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     names = (base["run"].name, impr["run"].name)
     bins = np.asarray(result["confidence"]["bins"])
     with plt.rc_context(figures.STYLE):
@@ -476,7 +466,7 @@ def summarise_only(args, base, out):
         for row in result["ablation"]:
             print(f"ablation {row['name']}: {100 * row['accuracy']:.2f}% ({100 * row['difference']:+.2f} "
                   f"points, McNemar p={row['mcnemar_p']:.3g}), changes {row['changed']}")
-    save_json({**result, "git_commit": git_commit()}, out / name)
+    save_json({**result, **provenance()}, out / name)
     return result
 
 

@@ -5,8 +5,8 @@ backend; compare.py calls them inside plt.rc_context(STYLE).
 """
 import numpy as np
 
+from cam import overlay  # the same blending as gradcam.py's figures
 from common import save_figure
-from gradcam import overlay  # the same blending as gradcam.py's figures
 
 STYLE = {"font.size": 7.5, "axes.titlesize": 8, "axes.labelsize": 7.5, "xtick.labelsize": 7,
          "ytick.labelsize": 7, "legend.fontsize": 7}  # >= 7 pt at print size (3.3 or 7 in wide)

@@ -20,7 +20,12 @@ from common import NAMED_DATASETS, UserError, build_model, load_checkpoint, load
 WRITERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
            "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
            "comparison.json": "compare.py", "gradcam.json": "gradcam.py", "seeds.json": "compare.py",
-           "ablation.json": "compare.py"}
+           "ablation.json": "compare.py",
+           # the other files the report build reads: the runs' history and figures, compare.py's figures
+           "history.csv": "train.py", "curves.png": "train.py", "failures.png": "failures.py",
+           "gradcam.png": "gradcam.py", "faithfulness.png": "faithfulness.py",
+           **{f"{stem}.pdf": "compare.py" for stem in ("confidence", "high_confidence", "per_class",
+                                                        "reliability", "corruptions", "gradcam_compare")}}
 
 
 def read_json(path, what, expect=dict):

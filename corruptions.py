@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard, device_name, git_commit,
-                    predict, resolve_device, save_json, subset_indices)
+from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard, device_name, predict,
+                    provenance, resolve_device, save_json, subset_indices)
 from contract import load_analysis
 from corrupt import (CIFAR_C_EXTRA, CIFAR_C_NAMES, CIFAR_C_STANDARD, NAMES, SEVERITIES,
                      check_choice, corrupt, mean_error)
@@ -230,8 +230,7 @@ def run(args):
               "seconds": round(time.perf_counter() - t0, 3), "seconds_by_corruption": seconds,
               "images_per_second": round(len(labels) * len(severities) * len(names) / sum(seconds.values()), 1),
               "batch_size": args.batch_size, "precision": "bf16 autocast" if use_amp else "float32",
-              "device": device_name(device), "git_commit": git_commit(),
-              "torch_version": torch.__version__}
+              "device": device_name(device), **provenance()}
     save_json(result, run / "corruptions.json")
     print_summary(result, run)
     return result

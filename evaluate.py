@@ -234,7 +234,8 @@ def run_evaluation(args, ds=None):
     # Which weights these predictions are of: later steps load the model with load_evaluated.
     # precision: always IEEE float32 (resolve_device's policy), whatever the training ran in.
     metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"], weights_sha256=weights_fingerprint(model),
-                   precision="float32", device=device_name(device), seconds=round(time.perf_counter() - t0, 3))
+                   precision="float32", device=device_name(device), seconds=round(time.perf_counter() - t0, 3),
+                   **provenance())
     run = Path(args.run)
 
     def write_npz(f):

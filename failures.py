@@ -13,18 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, arg_parser, cli_guard, save_figure, save_json
+from common import UserError, arg_parser, cli_guard, provenance, pyplot, save_figure, save_json
 from contract import dataset_from_config, read_config, read_json, read_predictions
+from hypotheses import compose_hypothesis, format_probability  # worded as gradcam.py words them
 
 THRESHOLDS = (0.5, 0.9, 0.99)
 
 
 #### Cases and suggestions
-
-def fmt_p(p):
-    """'p=0.93', 'p=0.004' or 'p<0.001': small probabilities keep a significant digit."""
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
-
 
 def describe(row, probs, labels, indices, classes, superclasses):
     """Everything failures.json says about one test image (row of predictions.npz)."""
@@ -64,7 +60,7 @@ def suggest(case, pair_rank):
     if case["true_rank"] == 2 and pt >= 0.2:
         out.append(f"true class is a close second (p={pt:.2f})")
     elif pt < 0.01:
-        out.append(f"true class nearly ruled out ({fmt_p(pt)}, rank {case['true_rank']})")
+        out.append(f"true class nearly ruled out ({format_probability(pt)}, rank {case['true_rank']})")
     elif case["true_rank"] == 2:
         out.append(f"true class ranked second (p={pt:.2f})")
     rank, count = pair_rank.get((case["true"], case["pred"]), (None, 1))
@@ -72,12 +68,6 @@ def suggest(case, pair_rank):
         out.append(f"systematic confusion: {count} test {case['true_name']} images are predicted "
                    f"{case['pred_name']} (pair #{rank} of the most frequent)")
     return out
-
-
-def compose_hypothesis(case):
-    """The automatic hypothesis: the suggestions as one sentence (gradcam.py calls this too)."""
-    head = f"{case['true_name']} predicted as {case['pred_name']}"
-    return f"{head}: " + "; ".join(case["suggestions"]) + "." if case["suggestions"] else head + "."
 
 
 def select_distinct(ranked, labels, preds, n):
@@ -124,9 +114,7 @@ def read_hypotheses(path, selected):
 def plot_gallery(cases, images_u8, title, path, per_row=5):
     """The selected cases, upscaled 4x (bicubic), with true / predicted class and confidence."""
     import cv2
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     n = len(cases)
     nrows, ncols = -(-n // per_row), min(n, per_row)
     # At least 4.2 in wide: with three cases the two-line title would be wider than the images.
@@ -137,9 +125,9 @@ def plot_gallery(cases, images_u8, title, path, per_row=5):
     for ax, case, img in zip(axes.flat, cases, images_u8):
         big = cv2.resize(img.permute(1, 2, 0).numpy(), (128, 128), interpolation=cv2.INTER_CUBIC)
         ax.imshow(big)
+        p_true = format_probability(case["true_prob"])[1:]  # '=0.04' or '<0.001' after "p(true)"
         ax.set_title(f"#{case['index']}\ntrue: {case['true_name']}\npred: {case['pred_name']}\n"
-                     f"{fmt_p(case['confidence'])}\np(true){fmt_p(case['true_prob'])[1:]}",
-                     fontsize=8, pad=3)
+                     f"{format_probability(case['confidence'])}\np(true){p_true}", fontsize=8, pad=3)
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path, dpi=200)
     plt.close(fig)
@@ -180,9 +168,9 @@ def choose_rows(args, ranked, labels, preds, indices):
 
 
 def run(args):
-    run = Path(args.run)
-    pred_file = read_predictions(run)
-    config = read_config(run)
+    run_dir = Path(args.run)
+    pred_file = read_predictions(run_dir)
+    config = read_config(run_dir)
     probs, labels, indices = pred_file["probs"], pred_file["labels"], pred_file["indices"]
     classes, superclasses = config["classes"], config.get("superclasses")
     preds, conf = probs.argmax(1), probs.max(1)
@@ -192,17 +180,46 @@ def run(args):
     selected = [int(indices[r]) for r in rows]
     hypotheses = read_hypotheses(args.hypotheses, selected) if args.hypotheses else {}
 
-    pairs = Counter(zip(labels[wrong].tolist(), preds[wrong].tolist()))
-    top_pairs = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    def describe_rows(which):
+        return [describe(r, probs, labels, indices, classes, superclasses) for r in which]
+
+    top_pairs = most_confused(labels[wrong], preds[wrong])
+    cases = with_hypotheses(describe_rows(rows), top_pairs, hypotheses)
+    result = {"run": str(run_dir),
+              "summary": summarise(labels, preds, conf, wrong, classes, superclasses, top_pairs),
+              "selection": selection_rule(source, strict, len(rows)), "cases": cases,
+              "top": describe_rows(ranked[:args.top])}
+    draw_and_save(result, run_dir, config, args.data_dir, rows, labels, indices)
+    listing = ", ".join(f"#{c['index']} {c['true_name']}->{c['pred_name']} ({c['confidence']:.2f})"
+                        for c in cases)
+    print(f"{run_dir / 'failures.json'}: {len(wrong)} errors, "
+          f"{result['summary']['errors_at_confidence']['0.9']} at confidence >= 0.9; "
+          f"{len(cases)} cases: {listing}")
+    return result
+
+
+def most_confused(true, pred, n=10):
+    """The n most frequent (true, predicted) pairs of the errors with their counts, most frequent
+    first, ties in class order."""
+    pairs = Counter(zip(true.tolist(), pred.tolist()))
+    return sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def with_hypotheses(cases, top_pairs, hypotheses):
+    """The described cases with their suggestions and hypothesis: the analyst's if given (by test
+    index), else composed from the suggestions."""
     pair_rank = {pair: (k + 1, count) for k, (pair, count) in enumerate(top_pairs)}
-    cases = []
-    for r in rows:
-        case = describe(r, probs, labels, indices, classes, superclasses)
+    for case in cases:
         case["suggestions"] = suggest(case, pair_rank)
         analyst = hypotheses.get(case["index"])
         case["hypothesis"] = analyst or compose_hypothesis(case)
         case["hypothesis_source"] = "analyst" if analyst else "auto"
-        cases.append(case)
+    return cases
+
+
+def summarise(labels, preds, conf, wrong, classes, superclasses, top_pairs):
+    """failures.json's summary: error counts overall, above each confidence threshold, within a
+    superclass, and the most frequent confusions."""
     summary = {
         "n_test": int(len(labels)), "n_errors": int(len(wrong)),
         "accuracy": round(1 - len(wrong) / len(labels), 6),
@@ -214,29 +231,35 @@ def run(args):
         inside = sum(superclasses[t] == superclasses[p] for t, p in zip(labels[wrong], preds[wrong]))
         summary.update(errors_within_superclass=int(inside),
                        share_within_superclass=round(inside / len(wrong), 6) if len(wrong) else None)
+    return summary
+
+
+def selection_rule(source, strict, n_cases):
+    """How the cases were chosen, with a note (also printed) when the distinctness rule left
+    fewer than n_cases."""
     selection = {"source": source, "rule": "most confident errors, greedy: no true class twice, "
                  "no confusion pair twice (either direction)" if source == "auto" else "--cases"}
-    if strict is not None and strict < len(rows):
+    if strict is not None and strict < n_cases:
         selection["note"] = (f"only {strict} errors satisfy the rule; the next most confident "
                              "errors fill the selection")
         print(f"note: {selection['note']}")
-    result = {"run": str(run), "summary": summary, "selection": selection, "cases": cases,
-              "top": [describe(r, probs, labels, indices, classes, superclasses)
-                      for r in ranked[:args.top]]}
+    return selection
 
-    ds = dataset_from_config(config, args.data_dir)
+
+def draw_and_save(result, run_dir, config, data_dir, rows, labels, indices):
+    """failures.png from the run's own test images (checked against predictions.npz), then
+    failures.json."""
+    ds = dataset_from_config(config, data_dir)
     if len(ds.test_y) != len(labels) or not np.array_equal(ds.test_indices.numpy(), indices):
-        raise UserError(f"{run / 'predictions.npz'} does not match the run's test set; "
-                        f"re-run python evaluate.py --run {run}")
-    what = "analyst-selected cases" if source == "analyst" else "most confident distinct failures"
-    plot_gallery(cases, ds.test_x[rows], f"{run.name}: {what}\n({len(wrong)} errors of "
-                 f"{len(labels)} test images)", run / "failures.png")
-    save_json(result, run / "failures.json")
-    listing = ", ".join(f"#{c['index']} {c['true_name']}->{c['pred_name']} ({c['confidence']:.2f})"
-                        for c in cases)
-    print(f"{run / 'failures.json'}: {len(wrong)} errors, {summary['errors_at_confidence']['0.9']} "
-          f"at confidence >= 0.9; {len(cases)} cases: {listing}")
-    return result
+        raise UserError(f"{run_dir / 'predictions.npz'} does not match the run's test set; "
+                        f"re-run python evaluate.py --run {run_dir}")
+    auto = result["selection"]["source"] == "auto"
+    what = "most confident distinct failures" if auto else "analyst-selected cases"
+    plot_gallery(result["cases"], ds.test_x[rows], f"{run_dir.name}: {what}\n"
+                 f"({result['summary']['n_errors']} errors of {len(labels)} test images)",
+                 run_dir / "failures.png")
+    result.update(provenance())
+    save_json(result, run_dir / "failures.json")
 
 
 def main(argv=None):

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, cli_guard, device_name,
-                    git_commit, normalize, resolve_device, save_figure, save_json)
+from cam import find_layer, grad_cam, layer_name_or_default
+from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, device_name, normalize, provenance,
+                    pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
-from gradcam import find_layer, grad_cam
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
 # third of the image: shapes are gone, only the coarse colour layout survives, which is the point
@@ -212,14 +212,14 @@ def build_parser():
     return p
 
 
-def read_case_rows(args, run, labels, indices):
+def read_case_rows(args, run_dir, labels, indices):
     """Rows of the cases in failures.json, checked against this run's test set; [] if none."""
-    path = Path(args.cases) if args.cases else run / "failures.json"
+    path = Path(args.cases) if args.cases else run_dir / "failures.json"
     if not path.is_file():
         if args.cases is None:
             return path, []
-        raise UserError(f"{path} does not exist; write it with python failures.py --run {run}")
-    _, cases = read_cases(path, labels, indices, run)
+        raise UserError(f"{path} does not exist; write it with python failures.py --run {run_dir}")
+    _, cases = read_cases(path, labels, indices, run_dir)
     return path, [c["row"] for c in cases]
 
 
@@ -264,56 +264,71 @@ def case_entries(case_rows, per_target, probs, labels, indices, classes):
 def run(args):
     t0 = time.perf_counter()
     check_args(args)
-    run = Path(args.run)
+    run_dir = Path(args.run)
     device = resolve_device(args.device)
     # The model whose predictions evaluate.py wrote, so the maps explain those predictions.
-    analysis = load_analysis(run, device, args.data_dir)
+    analysis = load_analysis(run_dir, device, args.data_dir)
     model, config, checkpoint, ds = analysis.model, analysis.config, analysis.checkpoint, analysis.ds
     probs, labels, indices = (analysis.predictions[k] for k in ("probs", "labels", "indices"))
     preds = probs.argmax(1)
-    layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
+    layer_name = layer_name_or_default(args.layer, config["arch"])
     layer = find_layer(model, layer_name, config["arch"])
-    cases_path, case_rows = read_case_rows(args, run, labels, indices)
-    sample = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
-    sample = sample[:args.sample].sort().values.tolist()
+    cases_path, case_rows = read_case_rows(args, run_dir, labels, indices)
+
+    def images(rows):
+        return normalize(ds.test_x[rows].to(device), config["mean"], config["std"])
 
     def group(rows, targets):
-        x = normalize(ds.test_x[rows].to(device), config["mean"], config["std"])
-        return score(model, layer, layer_name, x, targets, args)
+        return score(model, layer, layer_name, images(rows), targets, args)
 
-    sample_maps, sample_gc, sample_rnd, sample_summary = group(sample, preds[sample])
+    sample = seeded_sample(len(labels), args.sample, args.seed)
+    sample_maps, sample_gc, _, sample_summary = group(sample, preds[sample])
     first = sample[:RANDOMISED_IMAGES]  # their trained maps are the sample's first ones
-    randomisation = randomisation_test(
-        model, layer_name, normalize(ds.test_x[first].to(device), config["mean"], config["std"]),
-        torch.as_tensor(preds[first], device=device), args.seed, trained=sample_maps[:len(first)])
-    out = {"run": str(run), "checkpoint": checkpoint, "layer": layer_name, "steps": args.steps,
-           "fractions": [round(float(f), 6) for f in sample_gc["fractions"]],
-           "deletion_baseline": "per-channel dataset mean (0 after normalisation)",
-           "insertion_start": f"Gaussian blur, {BLUR_KERNEL}x{BLUR_KERNEL} kernel, sigma {BLUR_SIGMA} px",
-           "seed": args.seed, "sample": dict(explained="predicted class", **sample_summary),
-           "randomisation": randomisation}
+    randomisation = randomisation_test(model, layer_name, images(first),
+                                       torch.as_tensor(preds[first], device=device), args.seed,
+                                       trained=sample_maps[:len(first)])
+    out = {"run": str(run_dir), "checkpoint": checkpoint, "layer": layer_name, **procedure(args, sample_gc),
+           "sample": dict(explained="predicted class", **sample_summary), "randomisation": randomisation}
     if case_rows:
-        per_target = {t: group(case_rows, tgt) for t, tgt in
-                      (("pred", preds[case_rows]), ("true", labels[case_rows]))}
-        out.update(cases_file=str(cases_path),
-                   cases=case_entries(case_rows, per_target, probs, labels, indices, config["classes"]),
-                   cases_summary={t: s for t, (_, _, _, s) in per_target.items()})
-    out.update(seconds=round(time.perf_counter() - t0, 3), device=device_name(device),
-               commit=git_commit())
-    save_json(out, run / "faithfulness.json")
-    plot(sample_summary, out, run / "faithfulness.png", checkpoint_words(config, checkpoint))
+        out.update(measure_cases(group, cases_path, case_rows, probs, labels, indices, config["classes"]))
+    out.update(seconds=round(time.perf_counter() - t0, 3), device=device_name(device), **provenance())
+    save_json(out, run_dir / "faithfulness.json")
+    plot(sample_summary, out, run_dir / "faithfulness.png", checkpoint_words(config, checkpoint))
     aucs = ", ".join(f"{c} AUC {sample_summary['gradcam'][c + '_auc']['mean']:.3f} vs "
                      f"{sample_summary['random'][c + '_auc']['mean']:.3f}" for c in ("deletion", "insertion"))
-    print(f"{run / 'faithfulness.json'}: {sample_summary['n']} test images, Grad-CAM at {layer_name} "
+    print(f"{run_dir / 'faithfulness.json'}: {sample_summary['n']} test images, Grad-CAM at {layer_name} "
           f"vs random order: {aucs} ({out['seconds']:.1f} s)")
     return out
 
 
+def seeded_sample(n_test, size, seed):
+    """Rows of `size` test images drawn with `seed`, in test order."""
+    sample = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))
+    return sample[:size].sort().values.tolist()
+
+
+def procedure(args, curves):
+    """faithfulness.json's description of the procedure: steps, baselines, seed."""
+    return {"steps": args.steps, "fractions": [round(float(f), 6) for f in curves["fractions"]],
+            "deletion_baseline": "per-channel dataset mean (0 after normalisation)",
+            "insertion_start": f"Gaussian blur, {BLUR_KERNEL}x{BLUR_KERNEL} kernel, sigma {BLUR_SIGMA} px",
+            "seed": args.seed}
+
+
+def measure_cases(group, cases_path, case_rows, probs, labels, indices, classes):
+    """The failure cases scored for their predicted and their true class (group(rows, targets)
+    scores images): faithfulness.json's cases_file, cases and cases_summary."""
+    preds = probs.argmax(1)
+    per_target = {t: group(case_rows, tgt) for t, tgt in
+                  (("pred", preds[case_rows]), ("true", labels[case_rows]))}
+    return dict(cases_file=str(cases_path),
+                cases=case_entries(case_rows, per_target, probs, labels, indices, classes),
+                cases_summary={t: s for t, (_, _, _, s) in per_target.items()})
+
+
 def plot(summary, out, path, weights):
     """Mean deletion and insertion curves, Grad-CAM vs random order; two ~3.3-inch panels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import PercentFormatter
     with plt.rc_context({"font.size": 7.5, "axes.titlesize": 8, "legend.fontsize": 7}):
         fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.4), layout="constrained")

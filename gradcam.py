@@ -1,126 +1,29 @@
-"""Grad-CAM written by hand (a forward and a backward hook on one layer) and the evidence it gives
-for each failure case.
+"""The evidence Grad-CAM (cam.py) gives for each failure case of failures.py.
 
     python gradcam.py --run runs/baseline                      # cases from runs/baseline/failures.json
     python gradcam.py --run runs/baseline --layer layer3       # finer 8x8 maps for ResNet-18
 
 Writes, in the explained run's folder: gradcam.json (per case its `evidence`: mass in the centre,
 peak, correlation of the two maps, percentiles against correctly classified images; the Grad-CAM
-suggestions; and the case's `hypothesis`, composed here, once, from failures.py's suggestions and
-these, unless an analyst gave one; plus the base rates under `reference`), gradcam.npz (the maps,
-scaled and unscaled, which compare.py reuses) and gradcam.png (per case: the image, the map for the
-predicted class and the map for the true class). failures.json is read, never rewritten.
+suggestions; and the case's `hypothesis`, composed here, once, in hypotheses.py's wording, from
+failures.py's suggestions and these, unless an analyst gave one; plus the base rates under
+`reference`), gradcam.npz (the maps, scaled and unscaled, which compare.py reuses) and gradcam.png
+(per case: the image, the map for the predicted class and the map for the true class).
+failures.json is read, never rewritten.
 """
 import bisect
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from common import (DEFAULT_CAM_LAYER, DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard,
-                    normalize, resolve_device, save_figure, save_json)
+from cam import find_layer, grad_cam, layer_map_size, layer_name_or_default, overlay, scale_per_image
+from common import (DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard, normalize, provenance,
+                    pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
-from failures import compose_hypothesis, fmt_p  # failures.py owns the wording of hypotheses
+from hypotheses import compose_hypothesis, format_probability  # worded as failures.py words them
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
-
-
-#### Grad-CAM
-
-def grad_cam(model, target_layer, images, targets=None, scaled=True):
-    """Grad-CAM maps (N, H, W) in [0, 1] for normalised images (N, C, H, W) on the model's device.
-
-    targets: None (the predicted class) or one class index per image; the score is the raw logit.
-    scaled=False returns the maps before the per-image scaling, whose magnitudes can be compared.
-    The model runs in eval mode (BatchNorm in train mode would couple the images of a batch) and
-    every module's mode, the parameters' requires_grad and the input are left as they were.
-    Each map is divided by its maximum, so an all-zero map stays zero (pytorch-grad-cam subtracts
-    the minimum first: the maps then differ by an affine map per image, with correlation 1).
-    """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if targets is not None:
-        targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
-        if len(targets) != len(images):
-            raise ValueError(f"got {len(targets)} targets for {len(images)} images")
-    store = {}
-
-    def keep_activation(module, inputs, output):
-        if "act" in store:
-            raise ValueError("the target layer runs more than once per forward pass (a shared "
-                             "module such as a ResNet block's relu); choose another layer")
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise ValueError("the target layer must output a (N, C, h, w) feature map")
-        # Autograd starts here: the layers before it build no graph, and the backward pass
-        # covers only what follows. Returning a copy lets later in-place ops (ReLU) modify it
-        # without touching the leaf whose gradient the backward hook reads.
-        store["act"] = output.detach().requires_grad_(True)
-        store["act"].register_hook(lambda grad: store.__setitem__("grad", grad))
-        return store["act"].clone()
-
-    modes = [(m, m.training) for m in model.modules()]
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    handle = target_layer.register_forward_hook(keep_activation)
-    try:
-        model.eval()
-        for p, _ in grad_flags:
-            p.requires_grad_(False)  # no parameter gradients: they are most of a backward pass
-        with torch.enable_grad():
-            logits = model(images)  # (N, num_classes)
-            if "act" not in store:
-                raise ValueError("the target layer was not used in the forward pass")
-            if targets is None:
-                targets = logits.argmax(1)
-            elif targets.min() < 0 or targets.max() >= logits.shape[1]:
-                raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
-            # The images are independent in eval mode, so the gradient of the summed scores
-            # holds each image's own gradient.
-            score = logits.gather(1, targets[:, None]).sum()
-            act = store["act"]  # (N, K, h, w)
-            # inputs=[act]: nothing but the activation's gradient is computed or accumulated.
-            torch.autograd.backward(score, inputs=[act])
-            grad = store["grad"]
-    finally:
-        handle.remove()
-        for p, flag in grad_flags:
-            p.requires_grad_(flag)
-        for m, training in modes:
-            m.training = training
-    with torch.no_grad():
-        weights = grad.float().mean((2, 3), keepdim=True)  # (N, K, 1, 1)
-        cam = F.relu((weights * act.float()).sum(1, keepdim=True))  # (N, 1, h, w)
-        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return scale_per_image(cam) if scaled else cam
-
-
-def scale_per_image(cam):
-    """(N, H, W) non-negative maps divided by their maxima; an all-zero map stays zero."""
-    peak = cam.amax((1, 2), keepdim=True)
-    return torch.where(peak > 0, cam / peak.clamp(min=torch.finfo(cam.dtype).tiny), cam)
-
-
-@torch.no_grad()
-def layer_map_size(model, layer, x):
-    """[h, w] of the layer's feature map for inputs like x: how coarse its Grad-CAM maps are."""
-    size = []
-    handle = layer.register_forward_hook(lambda m, i, out: size.extend(out.shape[-2:]))
-    try:
-        model(x)
-    finally:
-        handle.remove()
-    return [int(v) for v in size[:2]]
-
-
-def find_layer(model, name, arch):
-    """The module called `name`, or a UserError listing the names that make sense to pass."""
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    top = [n for n in modules if n and "." not in n]
-    nested = [n for n, m in modules.items() if "." in n and isinstance(m, torch.nn.Conv2d)]
-    hint = f" or a nested module such as {nested[-1]}" if nested else ""
-    raise UserError(f"unknown --layer {name!r} for {arch}; choose one of {', '.join(top)}{hint}")
 
 
 #### Evidence: numbers a hypothesis can be checked against
@@ -208,22 +111,9 @@ def cam_suggestions(case, ev, layer, ref):
 
 #### Figure
 
-def overlay(image_u8, cam, size=128):
-    """The image upscaled (bicubic) with the map in OpenCV's JET colours blended on top, RGB uint8."""
-    import cv2
-    img = cv2.resize(image_u8.permute(1, 2, 0).numpy(), (size, size), interpolation=cv2.INTER_CUBIC)
-    if cam is None:
-        return img
-    heat = cv2.resize(cam.numpy().astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.uint8(255 * heat.clip(0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
-    return np.uint8(0.5 * img + 0.5 * heat)
-
-
 def plot(cases, images, maps_pred, maps_true, boxes, layer, title, path, per_band=5):
     """Cases as columns, in bands of per_band: image / predicted-class map / true-class map."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     n = len(cases)
     bands, cols = -(-n // per_band), min(n, per_band)
     fig, axes = plt.subplots(3 * bands, cols, figsize=(1.3 * cols + 0.4, 4.9 * bands + 0.5),
@@ -235,8 +125,8 @@ def plot(cases, images, maps_pred, maps_true, boxes, layer, title, path, per_ban
     for i, case in enumerate(cases):
         band, col = divmod(i, per_band)
         panels = ((None, f"#{case['index']}\ntrue {case['true_name']}"),
-                  (maps_pred[i], f"pred {case['pred_name']}\n{fmt_p(case['confidence'])}"),
-                  (maps_true[i], f"true {case['true_name']}\n{fmt_p(case['true_prob'])}"))
+                  (maps_pred[i], f"pred {case['pred_name']}\n{format_probability(case['confidence'])}"),
+                  (maps_true[i], f"true {case['true_name']}\n{format_probability(case['true_prob'])}"))
         for r, (cam, label) in enumerate(panels):
             ax = axes[3 * band + r, col]
             ax.axis("on")
@@ -277,63 +167,87 @@ def build_parser():
 
 
 def run(args):
-    run = Path(args.run)
-    cases_path = Path(args.cases) if args.cases else run / "failures.json"
+    run_dir = Path(args.run)
+    cases_path = Path(args.cases) if args.cases else run_dir / "failures.json"
     if not cases_path.is_file():
-        raise UserError(f"{cases_path} does not exist; run python failures.py --run {run} first")
+        raise UserError(f"{cases_path} does not exist; run python failures.py --run {run_dir} first")
     device = resolve_device(args.device)
     # The weights whose predictions failures.py analysed, and no other: maps of another checkpoint
     # would explain predictions nobody selected cases from.
-    analysis = load_analysis(run, device, args.data_dir)
+    analysis = load_analysis(run_dir, device, args.data_dir)
     model, config, checkpoint, ds = analysis.model, analysis.config, analysis.checkpoint, analysis.ds
-    if args.checkpoint not in (None, checkpoint):
-        raise UserError(f"evaluate.py evaluated the {checkpoint} checkpoint of {run}, and the cases come "
-                        f"from its predictions; to explain {args.checkpoint}, re-run python evaluate.py "
-                        f"--run {run} --checkpoint {args.checkpoint} and failures.py first")
-    layer_name = args.layer or DEFAULT_CAM_LAYER[config["arch"]]
+    check_checkpoint(args.checkpoint, checkpoint, run_dir)
+    layer_name = layer_name_or_default(args.layer, config["arch"])
     layer = find_layer(model, layer_name, config["arch"])
-    mean, std = config["mean"], config["std"]
     pred_file = analysis.predictions
-    _, cases = read_cases(cases_path, pred_file["labels"], pred_file["indices"], run,
+    _, cases = read_cases(cases_path, pred_file["labels"], pred_file["indices"], run_dir,
                           probs=pred_file["probs"])
     rows = torch.tensor([c["row"] for c in cases])
-    x = normalize(ds.test_x[rows].to(device), mean, std)
+    x = normalize(ds.test_x[rows].to(device), config["mean"], config["std"])
     pred = torch.tensor([c["pred"] for c in cases], device=device)
     true = torch.tensor([c["true"] for c in cases], device=device)
-    sample = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:args.reference]
-    try:
-        raw_pred = grad_cam(model, layer, x, pred, scaled=False).cpu()  # (N, H, W)
-        raw_true = grad_cam(model, layer, x, true, scaled=False).cpu()
-        ref = reference_rates(model, layer, ds, sample, mean, std, device)
-    except ValueError as e:
-        raise UserError(f"--layer {layer_name}: {e}") from None
-
+    raw_pred, raw_true, ref = maps_and_base_rates(model, layer, layer_name, x, pred, true, ds, config,
+                                                  args.reference, device)
     maps_pred, maps_true = scale_per_image(raw_pred), scale_per_image(raw_true)
     boxes = ds.test_boxes[rows] if ds.test_boxes is not None else None
     explained = [explain_case(case, maps_pred[i], maps_true[i], boxes[i] if boxes is not None else None,
                               layer_name, checkpoint, ref) for i, case in enumerate(cases)]
+    result = {"run": str(run_dir), "cases_file": str(cases_path), "layer": layer_name, "checkpoint": checkpoint,
+              "weights_sha256": analysis.metrics["weights_sha256"],  # the maps' model: read_gradcam checks it
+              "reference": reference_entry(ref, layer_name, layer_map_size(model, layer, x[:1]), x.shape[-2:]),
+              "cases": explained, **provenance()}
+    save_maps(run_dir / "gradcam.npz", dict(maps_pred=maps_pred, maps_true=maps_true, raw_pred=raw_pred,
+                                            raw_true=raw_true), cases, rows, pred, true, config, layer_name,
+              checkpoint)
+    plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
+         f"{run_dir.name}: where the network looked ({checkpoint_words(config, checkpoint)})",
+         run_dir / "gradcam.png")
+    save_json(result, run_dir / "gradcam.json")  # last: make's target, so the maps above are current
+    print(f"{run_dir / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")
+    return {"maps_pred": maps_pred, "maps_true": maps_true, **result}
+
+
+def check_checkpoint(asked, checkpoint, run_dir):
+    """--checkpoint may only name the checkpoint evaluate.py evaluated: the cases come from it."""
+    if asked not in (None, checkpoint):
+        raise UserError(f"evaluate.py evaluated the {checkpoint} checkpoint of {run_dir}, and the cases "
+                        f"come from its predictions; to explain {asked}, re-run python evaluate.py "
+                        f"--run {run_dir} --checkpoint {asked} and failures.py first")
+
+
+def maps_and_base_rates(model, layer, layer_name, x, pred, true, ds, config, n_reference, device):
+    """The cases' unscaled maps (N, H, W) for their predicted and for their true classes, and the
+    base rates of the correctly classified among n_reference seeded test images; a layer Grad-CAM
+    cannot use is a UserError."""
+    sample = torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(0))[:n_reference]
+    try:
+        raw_pred = grad_cam(model, layer, x, pred, scaled=False).cpu()  # (N, H, W)
+        raw_true = grad_cam(model, layer, x, true, scaled=False).cpu()
+        ref = reference_rates(model, layer, ds, sample, config["mean"], config["std"], device)
+    except ValueError as e:
+        raise UserError(f"--layer {layer_name}: {e}") from None
+    return raw_pred, raw_true, ref
+
+
+def reference_entry(ref, layer_name, map_size, image_size):
+    """gradcam.json's `reference`: the base rates, with the reference maps' centre masses (which
+    explain_case has ranked the cases against) summarised as quartiles."""
+    ref = dict(ref)
     cm = ref.pop("centre_mass")
     quartiles = [round(float(q), 4) for q in np.quantile(cm, [0.25, 0.5, 0.75])] if cm else None
-    result = {"run": str(run), "cases_file": str(cases_path), "layer": layer_name, "checkpoint": checkpoint,
-              "weights_sha256": analysis.metrics["weights_sha256"],  # the maps' model: read_gradcam checks it
-              "reference": dict(layer=layer_name, map_size=layer_map_size(model, layer, x[:1]),
-                                image_size=list(x.shape[-2:]), **ref, centre_mass_quartiles=quartiles),
-              "cases": explained}
+    return dict(layer=layer_name, map_size=map_size, image_size=list(image_size), **ref,
+                centre_mass_quartiles=quartiles)
 
-    def write_npz(f):
-        np.savez_compressed(f, maps_pred=maps_pred.numpy(), maps_true=maps_true.numpy(),
-                            raw_pred=raw_pred.numpy(), raw_true=raw_true.numpy(),
+
+def save_maps(path, maps, cases, rows, pred, true, config, layer_name, checkpoint):
+    """gradcam.npz: the scaled and unscaled maps (N, H, W) with what they explain."""
+    def write(f):
+        np.savez_compressed(f, **{k: v.numpy() for k, v in maps.items()},
                             indices=np.array([c["index"] for c in cases]), rows=rows.numpy(),
                             pred=pred.cpu().numpy(), true=true.cpu().numpy(),
                             classes=np.array(config["classes"]), layer=np.array(layer_name),
                             checkpoint=np.array(checkpoint))
-    atomic_write(run / "gradcam.npz", write_npz)
-    plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
-         f"{run.name}: where the network looked ({checkpoint_words(config, checkpoint)})",
-         run / "gradcam.png")
-    save_json(result, run / "gradcam.json")  # last: make's target, so the maps above are current
-    print(f"{run / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")
-    return {"maps_pred": maps_pred, "maps_true": maps_true, **result}
+    atomic_write(path, write)
 
 
 def explain_case(case, cam_pred, cam_true, box, layer_name, checkpoint, ref):

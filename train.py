@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_link_or_copy,
                     atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
-                    git_commit, load_checkpoint, load_dataset, precision_of, provenance, resolve_device,
-                    save_checkpoint, save_figure, save_json, seed_everything, synchronize)
+                    git_commit, load_checkpoint, load_dataset, precision_of, provenance, pyplot,
+                    resolve_device, save_checkpoint, save_figure, save_json, seed_everything, synchronize)
 from contract import dataset_from_config
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
@@ -163,9 +163,7 @@ class TensorBoardLog:
 
 
 def plot_curves(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     from matplotlib.ticker import MaxNLocator
     # Sized for a page's width, so that 8 pt labels print at about 8 pt in the report.

@@ -7,19 +7,12 @@ import re
 import unicodedata
 from pathlib import Path
 
+from settings import label as setting_label
+
 ARCH_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
               "resnet101": "ResNet-101", "resnet152": "ResNet-152", "wide_resnet50_2": "Wide ResNet-50-2",
               "wide_resnet101_2": "Wide ResNet-101-2", "resnext50_32x4d": "ResNeXt-50 (32x4d)",
               "simplecnn": "SimpleCNN"}
-SETTINGS = {  # config.json key -> label in the configuration table, in table order
-    "arch": "architecture", "dataset": "dataset", "epochs": "epochs", "batch_size": "batch size",
-    "optimizer": "optimizer", "lr": "learning rate", "momentum": "momentum (SGD)",
-    "weight_decay": "weight decay", "milestones": "lr milestones (epochs)",
-    "gamma": "lr factor at milestones",
-    "augment": "augmentation", "cutmix_prob": "CutMix probability", "cutmix_alpha": "CutMix alpha",
-    "label_smoothing": "label smoothing", "seed": "seed", "limit_train": "training subset",
-    "limit_test": "test subset", "amp": "bf16 autocast", "tf32": "TF32 (CUDA)", "compile": "torch.compile",
-    "deterministic": "deterministic kernels"}
 
 
 #### LaTeX text
@@ -155,12 +148,12 @@ def improvement_name(changed_values):
         elif key == "augment":
             parts.append(f"{setting_text(key, new)} augmentation")
         else:
-            parts.append(f"{tex_escape(SETTINGS.get(key, key))} {setting_text(key, new)}")
+            parts.append(f"{tex_escape(setting_label(key))} {setting_text(key, new)}")
     return " + ".join(parts) if parts else "an unchanged configuration"
 
 
 def changed_list(changed_values):
-    names = [tex_escape(SETTINGS.get(k, k)) for k in changed_values]
+    names = [tex_escape(setting_label(k)) for k in changed_values]
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names) or "nothing"
 
 
@@ -388,7 +381,7 @@ def selection_sentence(failures):
 
 def changed_sentence(cmp):
     vals = cmp["changed_values"]
-    listed = [f"{tex_escape(SETTINGS.get(k, k))} ({setting_text(k, v['baseline'])} $\\to$ "
+    listed = [f"{tex_escape(setting_label(k))} ({setting_text(k, v['baseline'])} $\\to$ "
               f"{setting_text(k, v['improved'])})" for k, v in vals.items()]
     if not listed:
         return ("The two runs have identical training settings, so any difference between them "

@@ -1,5 +1,5 @@
 """Build a study's PDF report from its JSON results: generated LaTeX macros, tables and prose
-(the sentences come from prose.py).
+(the sentences come from prose.py; the inputs are read and checked, and the PDF compiled, by study.py).
 
     python report/report.py --study runs/resnet18-cifar100 --out runs/resnet18-cifar100/report.pdf
 
@@ -9,43 +9,39 @@ a \\newcommand), table-*.tex, figures.txt (the figures the report includes), rep
 report/report.tex) and build/ (latexmk's output, with the .fls recorder file); then copies
 build/report.pdf to --out. The same inputs give the same PDF bytes (SOURCE_DATE_EPOCH).
 """
-import csv
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
-from contract import read_gradcam, read_json
-from prose import (SETTINGS, SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
+from prose import (SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
                    code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text,
                    setting_text, signed, tex_escape)
+from settings import SETTINGS, label as setting_label, shown as setting_shown
+from study import (build_pdf, load_config, load_extras, load_gradcam, load_json, load_metrics,
+                   read_history, require_file, source_date, write_text)
 
 TEMPLATE = Path(__file__).resolve().parent / "report.tex"
-STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values
 MAX_PAGES = 6
 # Figure sizes tried in turn until the report fits MAX_PAGES; below 0.85 the smallest labels
 # would print under 6 pt.
 FIGURE_SCALES = (1.0, 0.85)
-LATEX_PACKAGES = "texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk"
-# Every input, with the script that writes it: a missing file is reported with its producer.
+# Every input by key, as a path in the study folder; contract.WRITERS names the script that writes
+# each, for the sentence that a missing or damaged one stops the build with.
 INPUTS = {
-    "base_config": ("baseline/config.json", "train.py"), "base_curves": ("baseline/curves.png", "train.py"),
-    "base_metrics": ("baseline/metrics.json", "evaluate.py"),
-    "impr_config": ("improved/config.json", "train.py"), "impr_curves": ("improved/curves.png", "train.py"),
-    "impr_metrics": ("improved/metrics.json", "evaluate.py"),
-    "base_history": ("baseline/history.csv", "train.py"),
-    "failures": ("baseline/failures.json", "failures.py"),
-    "failures_png": ("baseline/failures.png", "failures.py"),
-    "gradcam_png": ("baseline/gradcam.png", "gradcam.py"), "gradcam": ("baseline/gradcam.json", "gradcam.py"),
-    "comparison": ("compare/comparison.json", "compare.py"),
-    **{f"cmp_{s}": (f"compare/{s}.pdf", "compare.py")
-       for s in ("confidence", "high_confidence", "per_class", "gradcam_compare")},
+    "base_config": "baseline/config.json", "base_curves": "baseline/curves.png",
+    "base_metrics": "baseline/metrics.json",
+    "impr_config": "improved/config.json", "impr_curves": "improved/curves.png",
+    "impr_metrics": "improved/metrics.json",
+    "base_history": "baseline/history.csv", "failures": "baseline/failures.json",
+    "failures_png": "baseline/failures.png", "gradcam_png": "baseline/gradcam.png",
+    "gradcam": "baseline/gradcam.json", "comparison": "compare/comparison.json",
+    **{f"cmp_{s}": f"compare/{s}.pdf" for s in ("confidence", "high_confidence", "per_class", "gradcam_compare")},
 }
+RUNS = {"base": "baseline", "impr": "improved"}  # the key prefixes of INPUTS and of the loaded data
 FIGURE_MACROS = {"FigBaseCurves": "base_curves", "FigImprCurves": "impr_curves",
                  "FigFailures": "failures_png", "FigGradcam": "gradcam_png",
                  "FigConfidence": "cmp_confidence", "FigHighConf": "cmp_high_confidence",
@@ -56,79 +52,36 @@ OPTIONAL_FIGURES = {"reliability": "Reliability", "corruptions": "Corruptions"}
 
 #### Loading
 
-def load_extras(study, paths):
-    """make seeds / make ablation results and both faithfulness.json, when they exist; their files
-    are added to paths."""
-    extras = {}
-    for name in ("seeds", "ablation"):
-        path = study / name / f"{name}.json"
-        if path.is_file():
-            paths[f"{name}_summary"] = path
-            extras[name] = read_json(path, f"{name} summary").get(name)
-    faith = {m: study / m / "faithfulness.json" for m in ("baseline", "improved")}
-    if all(path.is_file() for path in faith.values()):  # the randomisation sentence needs both
-        paths.update({f"{m}_faithfulness": path for m, path in faith.items()})
-        extras["faithfulness"] = {m: read_json(path, "faithfulness results") for m, path in faith.items()}
-    return extras
-
-
-def read_history(path):
-    """train.py's history.csv as a list of per-epoch dicts of numbers."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        # A timing column may be blank (a resumed run's boundary epoch): None, not an error.
-        return [{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()}
-                for r in rows]
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
-        raise UserError(f"{path} cannot be read as train.py's history ({e}); retrain or restore it") from None
-
-
 def load_study(study):
-    """Paths of every input and the JSON files' contents; a missing file names its producer."""
+    """Paths of every input and the JSON files' contents, each checked by study.py: a missing or
+    damaged file stops the build with a sentence naming the script that writes it."""
     study = Path(study)
     if not study.is_dir():
         raise UserError(f"study folder {study} does not exist; run make study STUDY=<name> first")
-
-    def missing(path, script):
-        how = (f"the {Path(script).stem} step of make study STUDY={study.name}" if study.name in STUDIES
-               else f"run python {script} for this study first")
-        return UserError(f"{path} is missing; {script} writes it ({how})")
-    paths = {key: study / rel for key, (rel, _) in INPUTS.items()}
+    paths = {key: study / rel for key, rel in INPUTS.items()}
     data = {}
-    for side in ("base", "impr"):
-        path = paths[f"{side}_config"]
-        if not path.is_file():
-            raise missing(path, INPUTS[f"{side}_config"][1])
-        data[f"{side}_config"] = read_json(path, "run config")
+    for side, run in RUNS.items():
+        data[f"{side}_config"] = load_config(study / run, study)
         if data[f"{side}_config"].get("imported"):  # no training history: curves absent, not missing
             paths = {k: p for k, p in paths.items() if k not in (f"{side}_curves", f"{side}_history")}
-    for key, path in paths.items():
-        if not path.is_file():
-            raise missing(path, INPUTS[key][1])
-    # gradcam.json is read below, with the check that it explains failures.json's cases.
-    data.update({key: read_json(path, Path(INPUTS[key][0]).stem.replace("_", " "))
-                 for key, path in paths.items()
-                 if path.suffix == ".json" and key not in data and key != "gradcam"})
+    for path in paths.values():
+        require_file(path, study)
+    data.update({f"{side}_metrics": load_metrics(study / run, study) for side, run in RUNS.items()})
+    data["failures"] = load_json(paths["failures"], study, "failures")
+    data["comparison"] = cmp = load_json(paths["comparison"], study, "comparison")
     data["base_history"] = read_history(paths["base_history"]) if "base_history" in paths else None
-    cmp = data["comparison"]
     for stem in cmp.get("figures", []):
         if stem in OPTIONAL_FIGURES:
             paths[f"cmp_{stem}"] = study / "compare" / f"{stem}.pdf"
-            if not paths[f"cmp_{stem}"].is_file():
-                raise missing(paths[f"cmp_{stem}"], "compare.py")
+            require_file(paths[f"cmp_{stem}"], study)
         elif f"cmp_{stem}" not in paths:
             print(f"note: comparison.json lists the figure {stem}, which report.tex does not place",
                   file=sys.stderr)
     data.update(load_extras(study, paths))
-    cases = data["failures"].get("cases")
-    if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) and "index" in c for c in cases):
-        raise UserError(f"{paths['failures']} has no cases; write it with python failures.py "
-                        f"--run {study / 'baseline'}")
-    data["gradcam"] = read_gradcam(study / "baseline", cases)  # and checks it explains these cases
-    for side in ("base", "impr"):
-        key = "accuracy_baseline" if side == "base" else "accuracy_improved"
-        if abs(data[f"{side}_metrics"]["test_accuracy"] - cmp[key]) > 1e-5:
+    # Read last: contract.read_gradcam checks that gradcam.json explains failures.json's cases.
+    data["gradcam"] = load_gradcam(study / "baseline", data["failures"]["cases"], study)
+    for side, run in RUNS.items():
+        if abs(data[f"{side}_metrics"]["test_accuracy"] - cmp[f"accuracy_{run}"]) > 1e-5:
             raise UserError(f"{paths['comparison']} is older than {paths[side + '_metrics']}; "
                             "re-run compare.py (make study does it)")
     return study, paths, data
@@ -179,10 +132,6 @@ def macros(data, figures, study_name):
 def config_table(data, changed):
     cfg_b, cfg_i = data["base_config"], data["impr_config"]
     keys = [k for k in SETTINGS if k in cfg_b or k in cfg_i] + sorted(set(changed) - set(SETTINGS))
-    skip = {"momentum": "sgd" not in (cfg_b.get("optimizer"), cfg_i.get("optimizer")),
-            "cutmix_alpha": not (cfg_b.get("cutmix_prob") or cfg_i.get("cutmix_prob")),
-            "limit_train": cfg_b.get("limit_train") is None and cfg_i.get("limit_train") is None,
-            "limit_test": cfg_b.get("limit_test") is None and cfg_i.get("limit_test") is None}
     ragged = r">{\raggedright\arraybackslash}"
     names = (tex_escape(cfg_b.get("name", "baseline")), tex_escape(cfg_i.get("name", "improved")))
     lines = [rf"\begin{{tabularx}}{{\linewidth}}{{@{{}}{ragged}p{{0.36\linewidth}}{ragged}X{ragged}X@{{}}}}",
@@ -195,10 +144,10 @@ def config_table(data, changed):
             rf"imported: \texttt{{{tex_escape(Path(c['imported']['weights']).name)}}}" if c.get("imported")
             else "trained here" for c in (cfg_b, cfg_i)) + r" \\")
     for k in keys:
-        if skip.get(k) and k not in changed:
+        if not setting_shown(k, cfg_b, cfg_i) and k not in changed:
             continue
         b, i = shown(cfg_b, k), shown(cfg_i, k)
-        label = tex_escape(SETTINGS.get(k, k))
+        label = tex_escape(setting_label(k))
         lines.append(rf"\rowcolor{{changed}}\textbf{{{label}}} & \textbf{{{b}}} & \textbf{{{i}}} \\"
                      if k in changed else rf"{label} & {b} & {i} \\")
     met_b, met_i = data["base_metrics"], data["impr_metrics"]
@@ -298,10 +247,6 @@ def figure_paths(paths, report_dir):
     return out
 
 
-def write_text(path, text):
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
 def write_sources(study, paths, data, report_dir, scale=1):
     if not TEMPLATE.is_file():
         raise UserError(f"the LaTeX source {TEMPLATE} is missing; restore it from git")
@@ -315,47 +260,6 @@ def write_sources(study, paths, data, report_dir, scale=1):
     write_text(report_dir / "figures.txt", "".join(f"{p}\n" for p in figures.values()))
     write_text(report_dir / "report.tex", TEMPLATE.read_text())
     return figures
-
-
-def source_date(paths):
-    """SOURCE_DATE_EPOCH if set, else the newest input's mtime: same inputs, same PDF date and bytes."""
-    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
-        return os.environ["SOURCE_DATE_EPOCH"]
-    return str(max(int(p.stat().st_mtime) for p in paths.values()))
-
-
-def first_error(log_text):
-    for line in log_text.splitlines():
-        if line.startswith("!") or re.match(r"^\S+:\d+: ", line):
-            return line.strip()
-    return "no error line found"
-
-
-def build_pdf(report_dir, epoch, name="report"):
-    """latexmk on report_dir/<name>.tex in report_dir/build-<name>, from scratch; returns (the
-    PDF's path, its page count). The main report keeps build/ for its name."""
-    missing = [tool for tool in ("latexmk", "pdflatex") if shutil.which(tool) is None]
-    if missing:
-        raise UserError(f"{' and '.join(missing)} not found, so {report_dir / f'{name}.tex'} was written "
-                        f"but not compiled; install LaTeX (Debian/Ubuntu: sudo apt-get install "
-                        f"{LATEX_PACKAGES}, about 30 s) and run again")
-    build = report_dir / ("build" if name == "report" else f"build-{name}")
-    shutil.rmtree(build, ignore_errors=True)  # no stale .aux: the same inputs, the same passes
-    env = dict(os.environ, SOURCE_DATE_EPOCH=epoch, FORCE_SOURCE_DATE="1")
-    cmd = ["latexmk", "-norc", "-pdf", "-recorder", "-interaction=nonstopmode", "-halt-on-error",
-           "-file-line-error", f"-outdir={build.name}", f"{name}.tex"]
-    log = build / f"{name}.log"
-    try:
-        proc = subprocess.run(cmd, cwd=report_dir, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"LaTeX did not finish within 10 minutes; see {log}") from None
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    if proc.returncode != 0 or not (build / f"{name}.pdf").is_file():
-        raise UserError(f"LaTeX failed to build the report ({first_error(text)}); see {log}")
-    match = re.search(r"Output written on .*?\((\d+)\s+pages?", text, re.S)
-    if match is None:
-        raise UserError(f"could not read the page count from {log}; see that log")
-    return build / f"{name}.pdf", int(match.group(1))
 
 
 def run(args):

@@ -6,7 +6,8 @@ Faithfulness of both models' Grad-CAM maps (faithfulness.py), the corruption gri
 possible label errors (compare.py), and make seeds / make ablation results when they exist.
 Sources go to <out dir>/report/ beside the main report's: supplement.tex (a copy of
 report/supplement.tex) and supplement-body.tex (every number and sentence, generated here);
-the same inputs give the same PDF bytes, as for report.py.
+the same inputs give the same PDF bytes, as for report.py. study.py reads and checks the inputs and
+compiles the PDF for both.
 """
 import os
 import sys
@@ -15,9 +16,9 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
-from contract import checkpoint_words, read_config, read_json
+from contract import checkpoint_words
 from prose import changed_list, p_tex, pct, signed, tex_escape
-from report import build_pdf, load_extras, source_date, write_text
+from study import build_pdf, load_config, load_extras, load_json, require_file, source_date, write_text
 
 TEMPLATE = Path(__file__).resolve().parent / "supplement.tex"
 MODELS = ("baseline", "improved")
@@ -27,15 +28,15 @@ def auc(stats):
     return f"{stats['mean']:.3f} $\\pm$ {stats['std']:.3f}"
 
 
-def weights_words(study, faith):
+def weights_words(configs, faith):
     """Which weights the maps explain: one phrase when both models agree, else one per model."""
-    words = {m: checkpoint_words(read_config(study / m), faith[m]["checkpoint"]) for m in MODELS}
+    words = {m: checkpoint_words(configs[m], faith[m]["checkpoint"]) for m in MODELS}
     if len(set(words.values())) == 1:
         return words[MODELS[0]]
     return "; ".join(f"{m}: {w}" for m, w in words.items())
 
 
-def faithfulness_section(study, faith, report_dir):
+def faithfulness_section(study, faith, configs, report_dir):
     rows = []
     for model in MODELS:
         f, s = faith[model], faith[model]["sample"]
@@ -48,7 +49,7 @@ def faithfulness_section(study, faith, report_dir):
         f"{{{os.path.relpath(study / m / 'faithfulness.png', report_dir)}}}\\end{{center}}" for m in MODELS)
     return rf"""\section{{Are the Grad-CAM maps faithful?}}
 Deletion and insertion curves (Petsiuk et al., 2018) on {f['sample']['n']} test images, for each model's
-predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_escape(weights_words(study, faith))}):
+predicted class, with Grad-CAM at \texttt{{{tex_escape(f['layer'])}}} ({tex_escape(weights_words(configs, faith))}):
 the pixels a map ranks highest are replaced first, in {f['steps']} steps, by the {tex_escape(f['deletion_baseline'])}
 (deletion: lower area under the curve is better) or put back first into a copy blurred with a
 {tex_escape(f['insertion_start'])} (insertion: higher is better). A random pixel order is the yardstick;
@@ -154,16 +155,16 @@ def run(args):
     out = Path(args.out) if args.out else study / "supplement.pdf"
     paths = {"comparison": study / "compare" / "comparison.json",
              **{m: study / m / "faithfulness.json" for m in MODELS}}
-    for key, path in paths.items():
-        if not path.is_file():
-            script = "compare.py" if key == "comparison" else "faithfulness.py"
-            raise UserError(f"{path} is missing; {script} writes it (make study runs it)")
-    cmp = read_json(paths["comparison"], "comparison")
-    faith = {m: read_json(paths[m], "faithfulness results") for m in MODELS}
+    for path in [*paths.values(), *(study / m / "faithfulness.png" for m in MODELS)]:
+        require_file(path, study)
+    # Everything is read and checked (study.py) before anything is written.
+    cmp = load_json(paths["comparison"], study, "comparison")
+    faith = {m: load_json(paths[m], study, "faithfulness results") for m in MODELS}
+    configs = {m: load_config(study / m, study) for m in MODELS}
     extra = load_extras(study, paths)
     report_dir = out.parent / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    body = (faithfulness_section(study.resolve(), faith, report_dir.resolve())
+    body = (faithfulness_section(study.resolve(), faith, configs, report_dir.resolve())
             + corruption_section(cmp) + suspects_section(cmp, study.resolve(), report_dir.resolve())
             + seeds_and_ablation_section(extra.get("seeds"), extra.get("ablation")))
     if not TEMPLATE.is_file():

@@ -6,6 +6,7 @@ import pytest
 
 import failures
 from contract import dataset_from_config
+from hypotheses import compose_hypothesis, format_probability
 
 N, C = 20, 10
 CLASSES = [f"c{i}" for i in range(C)]
@@ -125,7 +126,7 @@ def test_suggestions_follow_the_numbers(run):
     assert any("nearly ruled out" in s for s in cases[0]["suggestions"])
     assert not any("systematic" in s for s in cases[7]["suggestions"])  # a pair seen once
     for c in cases.values():
-        assert c["hypothesis_source"] == "auto" and c["hypothesis"] == failures.compose_hypothesis(c)
+        assert c["hypothesis_source"] == "auto" and c["hypothesis"] == compose_hypothesis(c)
         assert c["hypothesis"].startswith(f"{c['true_name']} predicted as {c['pred_name']}")
 
 
@@ -205,3 +206,15 @@ def test_bad_flag_values_are_usage_errors(run, capsys, args, message):
         failures.main(["--run", str(run), *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (run / "failures.json").exists()
+
+
+@pytest.mark.parametrize("p, text", [(0.93, "p=0.93"), (0.01, "p=0.01"), (0.004, "p=0.004"),
+                                     (0.001, "p=0.001"), (0.0004, "p<0.001")])
+def test_format_probability_keeps_a_significant_digit(p, text):
+    assert format_probability(p) == text
+
+
+def test_compose_hypothesis_joins_the_suggestions():
+    case = {"true_name": "cat", "pred_name": "dog", "suggestions": ["a", "b"]}
+    assert compose_hypothesis(case) == "cat predicted as dog: a; b."
+    assert compose_hypothesis({**case, "suggestions": []}) == "cat predicted as dog."

@@ -201,7 +201,7 @@ def test_cli_writes_faithfulness(tiny_run):
         for t in ("pred_class", "true_class"):
             assert set(c[t]) == {"gradcam", "random"}
             assert all(0 <= v <= 1 for r in c[t].values() for v in r.values())
-    assert data["cases_summary"]["true"]["n"] == 3 and data["commit"] and data["seconds"] > 0
+    assert data["cases_summary"]["true"]["n"] == 3 and data["git_commit"] and data["seconds"] > 0
     assert out["sample"] == data["sample"]
 
 

@@ -1,5 +1,5 @@
-"""gradcam.py: grad_cam against an independent computation, its side-effect guarantees, the
-synthetic "explanations point at the object" check and the command line end to end."""
+"""cam.py's grad_cam against an independent computation, its side-effect guarantees and layer
+lookup; gradcam.py's synthetic "explanations point at the object" check and command line end to end."""
 import json
 from pathlib import Path
 
@@ -8,13 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cam
 import evaluate
 import failures
 import gradcam
 import train
-from common import DEFAULT_CAM_LAYER, build_model, normalize
+from cam import grad_cam
+from common import DEFAULT_CAM_LAYER, UserError, build_model, normalize
 from contract import dataset_from_config, load_run
-from gradcam import grad_cam
+from hypotheses import compose_hypothesis
 
 
 def reference_cam(features_fn, head_fn, images, targets):
@@ -230,9 +232,27 @@ def test_all_zero_map_stays_zero(images):
 
 def test_find_layer_lists_valid_names():
     model = build_model("resnet18", 10)
-    assert gradcam.find_layer(model, "layer4.1.conv2", "resnet18") is model.layer4[1].conv2
-    with pytest.raises(gradcam.UserError, match=r"layer1, layer2, layer3, layer4, avgpool, fc"):
-        gradcam.find_layer(model, "layer5", "resnet18")
+    assert cam.find_layer(model, "layer4.1.conv2", "resnet18") is model.layer4[1].conv2
+    with pytest.raises(UserError, match=r"layer1, layer2, layer3, layer4, avgpool, fc"):
+        cam.find_layer(model, "layer5", "resnet18")
+    with pytest.raises(UserError, match="unknown --layer ''"):
+        cam.find_layer(model, "", "resnet18")  # the model itself is no layer
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "simplecnn"])
+def test_find_layer_defaults_to_the_architectures_layer(arch):
+    model = build_model(arch, 10)
+    assert cam.layer_name_or_default(None, arch) == DEFAULT_CAM_LAYER[arch]
+    assert cam.layer_name_or_default("conv1", arch) == "conv1"
+    assert cam.find_layer(model, None, arch) is model.get_submodule(DEFAULT_CAM_LAYER[arch])
+
+
+def test_overlay_blends_the_map_over_the_upscaled_image():
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    plain = cam.overlay(image, None)
+    assert plain.shape == (128, 128, 3) and plain.dtype == np.uint8 and not plain.any()
+    hot = cam.overlay(image, torch.ones(32, 32))  # JET's 1.0 is dark red: (128, 0, 0) in RGB
+    assert hot.dtype == np.uint8 and (hot[..., 0] == 64).all() and not hot[..., 1:].any()
 
 
 #### A trained SimpleCNN on the synthetic set: object boxes are known
@@ -298,7 +318,7 @@ def test_cli_end_to_end(synthetic_run, tmp_path):
             assert explained["hypothesis_source"] == "analyst"
         else:  # composed once, from both kinds of evidence
             both = dict(case, suggestions=case["suggestions"] + explained["suggestions"])
-            assert explained["hypothesis"] == failures.compose_hypothesis(both)
+            assert explained["hypothesis"] == compose_hypothesis(both)
             assert explained["hypothesis_source"] == "auto"
     npz = np.load(run / "gradcam.npz")
     assert npz["maps_pred"].shape == npz["maps_true"].shape == (3, 32, 32)

@@ -18,6 +18,7 @@ import pytest
 import prose
 import report
 import supplement
+from study import LATEX_PACKAGES
 
 REPO = Path(__file__).resolve().parent.parent
 SPECIAL_HYPOTHESIS = r"50% of aquarium_fish & #1 {x} ~ ^ \ $ <cue> → “quoted” ≥ 0.9"
@@ -26,7 +27,7 @@ SPECIAL_HYPOTHESIS = r"50% of aquarium_fish & #1 {x} ~ ^ \ $ <cue> → “quoted
 def need_latex():
     missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
     if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install {report.LATEX_PACKAGES})"
+        message = f"{' and '.join(missing)} not installed (apt-get install {LATEX_PACKAGES})"
         if os.environ.get("REQUIRE_LATEX") == "1":
             pytest.fail(f"REQUIRE_LATEX=1 but {message}")
         pytest.skip(message)
@@ -233,6 +234,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     import compare_figures
     import failures
     import gradcam
+    import hypotheses
     rng = np.random.default_rng(seed)
     c = len(CLASSES)
     labels = np.arange(n) % c
@@ -261,7 +263,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     for k, r in enumerate(rows):
         case = failures.describe(r, b["probs"], labels, b["indices"], CLASSES, SUPER)
         case["suggestions"] = failures.suggest(case, {})
-        case["hypothesis"] = SPECIAL_HYPOTHESIS if k == 1 else failures.compose_hypothesis(case)
+        case["hypothesis"] = SPECIAL_HYPOTHESIS if k == 1 else hypotheses.compose_hypothesis(case)
         case["hypothesis_source"] = "analyst" if k == 1 else "auto"
         cases.append(case)
         evidence = {"layer": "layer4", "checkpoint": "last", "centre_area": 0.5,
@@ -352,12 +354,17 @@ def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
 
 def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
     need_latex()
-    seeds = {"seeds": [42, 43], "improved_better": 1, "baseline": {"mean": 0.6, "std": 0.004},
-             "improved": {"mean": 0.61, "std": 0.006}, "difference": {"mean": 0.01, "std": 0.012}}
+    # As compare.py --seeds and --ablation write them (the supplement's tables read every key).
+    seeds = {"seeds": [42, 43], "improved_better": 1,
+             "baseline": {"values": [0.596, 0.604], "mean": 0.6, "std": 0.004},
+             "improved": {"values": [0.606, 0.614], "mean": 0.61, "std": 0.006},
+             "difference": {"values": [0.002, 0.018], "mean": 0.01, "std": 0.012}}
     rows = [{"changed": {"cutmix_prob": 0.5, "label_smoothing": 0.1}, "accuracy": 0.62, "difference": 0.02,
-             "mcnemar_p": 0.01},
-            {"changed": {"cutmix_prob": 0.5}, "accuracy": 0.615, "difference": 0.015, "mcnemar_p": 0.04},
-            {"changed": {"label_smoothing": 0.1}, "accuracy": 0.595, "difference": -0.005, "mcnemar_p": 0.5}]
+             "mcnemar_p": 0.01, "corrected": 40, "worsened": 20},
+            {"changed": {"cutmix_prob": 0.5}, "accuracy": 0.615, "difference": 0.015, "mcnemar_p": 0.04,
+             "corrected": 35, "worsened": 20},
+            {"changed": {"label_smoothing": 0.1}, "accuracy": 0.595, "difference": -0.005, "mcnemar_p": 0.5,
+             "corrected": 15, "worsened": 20}]
     for name, value in (("seeds", seeds), ("ablation", rows)):
         (study_copy / name).mkdir()
         (study_copy / name / f"{name}.json").write_text(json.dumps({name: value}))
@@ -402,11 +409,11 @@ def test_gradcam_of_other_cases_says_run_gradcam(study_copy):
 
 def test_missing_latex_is_one_sentence_naming_the_packages(study_copy, monkeypatch):
     which = shutil.which
-    monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "latexmk" else which(tool))
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "latexmk" else which(tool))
     with pytest.raises(SystemExit) as e:
         report.main(["--study", str(study_copy)])
     message = str(e.value.code)
-    assert re.search(r"latexmk( and pdflatex)? not found", message) and report.LATEX_PACKAGES in message
+    assert re.search(r"latexmk( and pdflatex)? not found", message) and LATEX_PACKAGES in message
     assert "\n" not in message
     assert (study_copy / "report" / "macros.tex").is_file()  # the sources are written all the same
     assert not (study_copy / "report.pdf").exists()

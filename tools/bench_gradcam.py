@@ -1,4 +1,4 @@
-"""Grad-CAM throughput: gradcam.grad_cam against pytorch-grad-cam's GradCAM, same maps required.
+"""Grad-CAM throughput: cam.grad_cam against pytorch-grad-cam's GradCAM, same maps required.
 
     pip install -r requirements-bench.txt      # grad-cam (pytorch-grad-cam), benchmark only
     python tools/bench_gradcam.py                    # CPU or GPU, batch 64, random-init models
@@ -7,7 +7,7 @@
 For each model and layer: images/s of a plain no-grad forward pass (the floor: no Grad-CAM can be
 faster) and of both implementations on the same model, batch, targets and device (median over
 --repeats timed calls after a warm-up), the speedup, and the smallest per-image Pearson
-correlation between the two maps (pytorch-grad-cam min-max scales each map, gradcam.py divides
+correlation between the two maps (pytorch-grad-cam min-max scales each map, cam.py divides
 by the maximum: an affine difference, so the correlation should be 1).
 A benchmark, not a test.
 """
@@ -21,7 +21,7 @@ import torch
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name, resolve_device
-from gradcam import grad_cam
+from cam import grad_cam
 
 CASES = (("resnet18", "layer4"), ("resnet18", "layer3"), ("simplecnn", "relu3"))
 

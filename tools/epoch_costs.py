@@ -35,62 +35,68 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse(argv)
+def setup(args):
+    """train.py's state, loaders and criterion as its run() builds them, on synthetic data."""
     sys.path.insert(0, args.root)
     import torch
     train, common = importlib.import_module("train"), importlib.import_module("common")
     n = args.batch_size * args.steps
-    targs = train.build_parser().parse_args(
+    parser = train.build_parser()
+    targs = parser.parse_args(
         ["--arch", args.arch, "--dataset", "synthetic", "--device", "cpu", "--batch-size",
          str(args.batch_size), "--cutmix-prob", str(args.cutmix_prob), "--label-smoothing", "0.1",
          "--limit-train", str(n), "--limit-test", "256", "--epochs", "50"])
-    train.check_args(targs, train.build_parser())
+    train.check_args(targs, parser)
     device = common.resolve_device("cpu")
     ds = common.load_dataset("synthetic", limit_train=n, limit_test=256)
     cfg = dict(vars(targs), num_classes=ds.num_classes, mean=[0.5] * 3, std=[0.25] * 3, epochs=50)
     common.seed_everything(0)
     st = train.build_state(cfg, None, device)
-    loader = common.DeviceLoader(ds.train_x, ds.train_y, args.batch_size, cfg["mean"], cfg["std"],
-                                 device, train=True, augment="crop-flip", generator=st.data_gen)
+
+    def loader(k=None):
+        return common.DeviceLoader(ds.train_x[:k], ds.train_y[:k], args.batch_size, cfg["mean"], cfg["std"],
+                                   device, train=True, augment="crop-flip", generator=st.data_gen)
     test_loader = common.DeviceLoader(ds.test_x, ds.test_y, 1024, cfg["mean"], cfg["std"], device)
+    return torch, train, st, cfg, loader, test_loader
+
+
+def median_seconds(fn, repeats):
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch, train, st, cfg, loader, test_loader = setup(args)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     run_dir = Path(tempfile.mkdtemp())
-    epoch = lambda: train.train_epoch(st, st.model, loader, cfg, criterion, contextlib.nullcontext, run_dir)  # noqa: E731
-    epoch()  # warm-up: first-call allocations
-    small = common.DeviceLoader(ds.train_x[:args.batch_size * args.profile_steps],
-                                ds.train_y[:args.batch_size * args.profile_steps], args.batch_size,
-                                cfg["mean"], cfg["std"], device, train=True, augment="crop-flip",
-                                generator=st.data_gen)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        train.train_epoch(st, st.model, small, cfg, criterion, contextlib.nullcontext, run_dir)
-    ops = sum(e.count for e in prof.key_averages())
-    t = time.perf_counter()
-    epoch()
-    step_s = (time.perf_counter() - t) / args.steps
 
-    def timed(fn):
-        runs = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs)
-    test_s = timed(lambda: train.evaluate_loader(st.model, test_loader, torch.nn.CrossEntropyLoss(),
-                                                 contextlib.nullcontext))
+    def epoch(batches):
+        train.train_epoch(st, st.model, batches, cfg, criterion, contextlib.nullcontext, run_dir)
+    full = loader()
+    epoch(full)  # warm-up: first-call allocations
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        epoch(loader(args.batch_size * args.profile_steps))
+    ops = sum(e.count for e in prof.key_averages()) / args.profile_steps
+    step_s = median_seconds(lambda: epoch(full), 1) / args.steps
+    test_s = median_seconds(lambda: train.evaluate_loader(st.model, test_loader, torch.nn.CrossEntropyLoss(),
+                                                          contextlib.nullcontext), args.repeats)
     st.epoch, st.best_acc = 1, 0.5
     st.history = [dict(epoch=e, train_loss=1.0, train_acc=0.5, test_loss=1.0, test_acc=0.5, lr=0.1,
                        seconds=1.0) for e in range(1, 11)]
-    save_best = timed(lambda: train.save_epoch(st, cfg, run_dir, True))
-    save_plain = timed(lambda: train.save_epoch(st, cfg, run_dir, False))
+    save_best = median_seconds(lambda: train.save_epoch(st, cfg, run_dir, True), args.repeats)
+    save_plain = median_seconds(lambda: train.save_epoch(st, cfg, run_dir, False), args.repeats)
     print(f"{args.root}: {args.arch}, batch {args.batch_size}, CutMix p={args.cutmix_prob}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"profiler ops per training step: {ops / args.profile_steps:.0f}")
+    print(f"profiler ops per training step: {ops:.0f}")
     print(f"training step: {step_s:.3f} s")
     print(f"test pass of 256 images: {test_s:.3f} s")
     print(f"save_epoch, new best: {save_best:.3f} s; ordinary epoch: {save_plain:.3f} s")
-    return dict(ops_per_step=ops / args.profile_steps, step_s=step_s, test_s=test_s,
-                save_best_s=save_best, save_plain_s=save_plain)
+    return dict(ops_per_step=ops, step_s=step_s, test_s=test_s, save_best_s=save_best, save_plain_s=save_plain)
 
 
 if __name__ == "__main__":

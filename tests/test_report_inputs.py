@@ -1,0 +1,241 @@
+"""Every file the report build reads, damaged one key at a time: report.py and supplement.py stop
+with one sentence naming the file and the script that writes it, never a traceback, and leave the
+PDFs and LaTeX sources already there as they were. No LaTeX needed: the build stops before it.
+
+The study is test_report.py's CIFAR-100-shaped one, with what make study, make seeds and make
+ablation add (faithfulness, seeds, ablation, a corruption grid).
+"""
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import report
+import study as shared
+import supplement
+from contract import WRITERS
+from test_report import make_fake_study
+
+REPORT_DIR = Path(__file__).resolve().parent.parent / "report"
+AUC = {"mean": 0.3, "std": 0.05}
+FAITHFULNESS = {
+    "checkpoint": "last", "layer": "layer4", "steps": 16, "deletion_baseline": "per-channel dataset mean",
+    "insertion_start": "Gaussian blur", "sample": {
+        "n": 200, "gradcam": {"deletion_auc": AUC, "insertion_auc": AUC},
+        "random": {"deletion_auc": AUC, "insertion_auc": AUC},
+        "gradcam_beats_random": {"deletion": 0.8, "insertion": 0.7}},
+    "randomisation": {"n": 8, "stages": ["fc", "layer4"], "spearman_mean": [0.3, 0.1]}}
+SPREAD = {"values": [0.6, 0.61], "mean": 0.605, "std": 0.007}
+SEEDS = {"seeds": {"seeds": [42, 43], "improved_better": 2, "baseline": SPREAD, "improved": SPREAD,
+                   "difference": SPREAD}}
+ABLATION = {"ablation": [{"changed": {"cutmix_prob": 0.5}, "accuracy": 0.62, "difference": 0.02,
+                          "mcnemar_p": 0.01, "corrected": 40, "worsened": 20}]}
+CORRUPTIONS = {"severities": [1, 3, 5], "corruptions": ["fog"], "n": 1000,
+               "mean_corruption_error": {"baseline": 0.5, "improved": 0.45},
+               "per_corruption": [{"name": "fog", "baseline": 0.5, "improved": 0.55, "difference": 0.05}],
+               "helps_most": ["fog"], "hurts_most": []}
+
+
+@pytest.fixture(scope="module")
+def full_study(tmp_path_factory):
+    study = make_fake_study(tmp_path_factory.mktemp("inputs") / "resnet18-cifar100")
+    for model in ("baseline", "improved"):
+        (study / model / "faithfulness.json").write_text(json.dumps(FAITHFULNESS))
+        shutil.copy(study / model / "curves.png", study / model / "faithfulness.png")
+    for name, value in (("seeds", SEEDS), ("ablation", ABLATION)):
+        (study / name).mkdir()
+        (study / name / f"{name}.json").write_text(json.dumps(value))
+    path = study / "compare" / "comparison.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), corruptions=CORRUPTIONS)))
+    return study
+
+
+@pytest.fixture
+def damaged(full_study, tmp_path):
+    """A copy of the study with outputs of an earlier build in place (report.pdf, supplement.pdf,
+    report/*.tex), which a refused build must leave as they were."""
+    study = Path(shutil.copytree(full_study, tmp_path / full_study.name))
+    (study / "report").mkdir()
+    for rel in ("report.pdf", "supplement.pdf", "report/macros.tex", "report/supplement-body.tex"):
+        (study / rel).write_bytes(f"earlier {rel}".encode())
+    return study
+
+
+def outputs(study):
+    return {p: p.read_bytes() for p in [study / "report.pdf", study / "supplement.pdf",
+                                        *sorted((study / "report").rglob("*"))]}
+
+
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def at(data, where):
+    """The container and key of a dotted path such as cases.0.true_prob."""
+    *parents, last = where.split(".")
+    for key in parents:
+        data = data[int(key) if isinstance(data, list) else key]
+    return data, int(last) if isinstance(data, list) else last
+
+
+def drop(where):
+    def change(data):
+        parent, key = at(data, where)
+        del parent[key]
+    return change
+
+
+def put(where, value):
+    def change(data):
+        parent, key = at(data, where)
+        parent[key] = value
+    return change
+
+
+BOTH = ("report", "supplement")
+# The files only report.py reads; supplement.py reads the others too.
+REPORT_ONLY = {"metrics.json", "failures.json", "gradcam.json", "history.csv"}
+IMPORTED = {"weights": "elsewhere/best.pth", "found": "bare state_dict", "normalisation": "given"}
+# (file, change, what the sentence says, the script it names)
+CASES = [
+    ("compare/comparison.json", drop("n_test"), "lacks n_test", "compare.py"),
+    ("compare/comparison.json", put("accuracy_baseline", "0.6"),
+     "holds a string as accuracy_baseline, where the report reads a number", "compare.py"),
+    ("compare/comparison.json", drop("shares.corrected"), "lacks shares.corrected", "compare.py"),
+    ("compare/comparison.json", put("high_confidence_errors", []),
+     "holds an array of 0 items as high_confidence_errors, where the report reads an array of at least 1 item",
+     "compare.py"),
+    ("compare/comparison.json", drop("cases.0.improved_confidence"), "lacks cases[0].improved_confidence",
+     "compare.py"),
+    ("compare/comparison.json", drop("corruptions.per_corruption.0.name"),
+     "lacks corruptions.per_corruption[0].name", "compare.py"),
+    ("compare/comparison.json", drop("label_error_suspects.rule"), "lacks label_error_suspects.threshold",
+     "compare.py"),
+    ("baseline/config.json", drop("best_test_accuracy"), "lacks best_test_accuracy", "train.py"),
+    ("baseline/config.json", put("num_classes", "100"),
+     "holds a string as num_classes, where the report reads an integer", "train.py"),
+    ("improved/config.json", drop("arch"), "lacks arch", "train.py"),  # contract.CONFIG_KEYS
+    ("improved/config.json", put("imported", IMPORTED), "lacks imported.sha256", "evaluate.py --weights"),
+    ("baseline/metrics.json", drop("top5_accuracy"), "lacks top5_accuracy", "evaluate.py"),
+    ("improved/metrics.json", put("test_accuracy", None),
+     "holds null as test_accuracy, where the report reads a number", "evaluate.py"),
+    ("improved/metrics.json", drop("checkpoint"), "lacks checkpoint", "evaluate.py"),  # METRIC_KEYS
+    ("baseline/failures.json", drop("cases.1.true_prob"), "lacks cases[1].true_prob", "failures.py"),
+    ("baseline/failures.json", put("cases.0.confidence", "high"),
+     "holds a string as cases[0].confidence, where the report reads a number", "failures.py"),
+    ("baseline/failures.json", drop("cases.0.true_superclass"), "lacks cases[0].true_superclass",
+     "failures.py"),
+    ("baseline/failures.json", put("cases", []), "holds an array of 0 items as cases", "failures.py"),
+    ("baseline/failures.json", drop("summary"), "lacks summary", "failures.py"),
+    ("baseline/gradcam.json", drop("cases.2.hypothesis"), "lacks cases[2].hypothesis", "gradcam.py"),
+    ("baseline/gradcam.json", put("cases.0.evidence.pred.centre_mass", "0.4"),
+     "holds a string as cases[0].evidence.pred.centre_mass, where the report reads a number or null",
+     "gradcam.py"),
+    ("baseline/gradcam.json", put("reference.map_size", [4]),
+     "holds an array of 1 item as reference.map_size, where the report reads an array of 2 items or null",
+     "gradcam.py"),
+    ("baseline/faithfulness.json", drop("sample.gradcam.deletion_auc.mean"),
+     "lacks sample.gradcam.deletion_auc.mean", "faithfulness.py"),
+    ("improved/faithfulness.json", put("randomisation.spearman_mean", ["high"]),
+     "holds a string as randomisation.spearman_mean[0]", "faithfulness.py"),
+    ("seeds/seeds.json", drop("seeds.difference"), "lacks seeds.difference", "compare.py"),
+    ("seeds/seeds.json", put("seeds.baseline.mean", "0.6"), "holds a string as seeds.baseline.mean",
+     "compare.py"),
+    ("seeds/seeds.json", put("seeds.improved.values", [0.6]),
+     "holds 1 item as seeds.improved.values for 2 seeds", "compare.py"),
+    ("ablation/ablation.json", drop("ablation.0.accuracy"), "lacks ablation[0].accuracy", "compare.py"),
+    ("ablation/ablation.json", put("ablation", {}),
+     "holds an object as ablation, where the report reads an array", "compare.py"),
+]
+
+
+def refused(build, study):
+    """The one-line message a build stops with (SystemExit: any other exception fails the test)."""
+    with pytest.raises(SystemExit) as e:
+        {"report": report, "supplement": supplement}[build].main(["--study", str(study)])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("rel, change, says, writer", CASES, ids=[f"{c[0]}:{c[2][:40]}" for c in CASES])
+def test_a_damaged_input_is_one_sentence_naming_its_writer(damaged, rel, change, says, writer):
+    edit_json(damaged / rel, change)
+    before = outputs(damaged)
+    for build in ("report",) if Path(rel).name in REPORT_ONLY else BOTH:
+        message = refused(build, damaged)
+        assert str(damaged / rel) in message and says in message and writer in message, message
+    assert outputs(damaged) == before
+
+
+@pytest.mark.parametrize("rel, target", [("compare/comparison.json", "study"), ("seeds/seeds.json", "seeds")])
+def test_the_fix_names_the_make_step_that_writes_the_file(damaged, rel, target):
+    edit_json(damaged / rel, put("n_test" if target == "study" else "seeds.seeds", None))
+    assert (f"write it again with compare.py (the compare step of make {target} "
+            "STUDY=resnet18-cifar100)") in refused("report", damaged)
+
+
+def test_history_without_a_column_the_report_reads_names_train_py(damaged):
+    path = damaged / "baseline" / "history.csv"
+    lines = path.read_text().splitlines()
+    drop_at = lines[0].split(",").index("test_loss")
+    path.write_text("".join(",".join(v for k, v in enumerate(line.split(",")) if k != drop_at) + "\n"
+                            for line in lines))
+    before = outputs(damaged)
+    message = refused("report", damaged)
+    assert str(path) in message and "lacks test_loss" in message and "train.py" in message
+    assert outputs(damaged) == before
+
+
+def test_a_file_that_is_not_json_names_its_writer(damaged):
+    path = damaged / "compare" / "comparison.json"
+    path.write_text(path.read_text()[:100])  # truncated
+    for build in BOTH:
+        message = refused(build, damaged)
+        assert str(path) in message and "not valid UTF-8 JSON" in message and "compare.py" in message
+
+
+def test_every_kind_of_file_read_is_damaged_above():
+    assert {Path(rel).name for rel, *_ in CASES} == set(shared.READ_KEYS)
+
+
+def test_the_valid_study_passes_every_check(full_study, tmp_path, monkeypatch):
+    """The same study, undamaged, gets through every check of both builds (to the LaTeX step,
+    made to fail here so that no LaTeX is needed)."""
+    study = Path(shutil.copytree(full_study, tmp_path / full_study.name))
+    _, _, data = report.load_study(study)
+    assert data["seeds"] and data["ablation"] and data["faithfulness"]
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    for build in BOTH:
+        assert "not found" in refused(build, study)
+
+
+def test_each_file_the_report_reads_has_one_writer_in_the_contract():
+    read = {Path(rel).name for rel in report.INPUTS.values()} | set(shared.READ_KEYS)
+    read |= {f"{stem}.pdf" for stem in report.OPTIONAL_FIGURES} | {"faithfulness.png"}
+    assert read <= set(WRITERS), read - set(WRITERS)
+
+
+@pytest.mark.parametrize("script", ["report", "supplement"])
+def test_report_scripts_share_a_module_and_import_neither_other(script):
+    tree = ast.parse((REPORT_DIR / f"{script}.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "study" in imported and not imported & {"report", "supplement"}
+
+
+@pytest.mark.parametrize("value, shape, found", [
+    ({"a": 1}, {"a": shared.NUMBER, "b?": str}, None),  # "?": may be absent
+    ({"a": None}, {"a": shared.Nullable(shared.NUMBER)}, None),
+    ({"a": None}, {"a?": shared.NUMBER}, ("a", None)),  # absent, not null
+    ({"a": [1, "x"]}, {"a": shared.ListOf(shared.NUMBER)}, ("a[1]", "x")),
+    ({"k": 1}, shared.IfKey("k", {"k": shared.ANY, "j": shared.ANY}, {}), ("j", shared.MISSING)),
+    ({"s": {"x": {}}}, {"s": shared.DictOf({"v": shared.ANY})}, ("s.x.v", shared.MISSING)),
+])
+def test_mismatch_finds_the_first_departure_from_a_shape(value, shape, found):
+    got = shared.mismatch(value, shape)
+    assert (got if got is None else got[:2]) == found
