@@ -82,7 +82,7 @@ def main(argv=None):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         epoch(loader(args.batch_size * args.profile_steps))
     ops = sum(e.count for e in prof.key_averages()) / args.profile_steps
-    step_s = median_seconds(lambda: epoch(full), 1) / args.steps
+    step_s = median_seconds(lambda: epoch(full), args.repeats) / args.steps
     test_s = median_seconds(lambda: train.evaluate_loader(st.model, test_loader, torch.nn.CrossEntropyLoss(),
                                                           contextlib.nullcontext), args.repeats)
     st.epoch, st.best_acc = 1, 0.5
