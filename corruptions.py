@@ -193,10 +193,10 @@ def run(args):
     # The corruptions are checked before the model loads: a mistyped name or folder fails at once.
     cifar_c = CifarC(args.cifar_c) if args.cifar_c else None
     names = cifar_c.choose(args.corruptions) if cifar_c else generated_names(args.corruptions)
-    run = Path(args.run)
+    run_dir = Path(args.run)
     t0 = time.perf_counter()
     device = resolve_device(args.device)
-    analysis = load_analysis(run, device, args.data_dir)  # the model evaluate.py described
+    analysis = load_analysis(run_dir, device, args.data_dir)  # the model evaluate.py described
     model, config, ckpt, checkpoint, ds = (analysis.model, analysis.config, analysis.ckpt, analysis.checkpoint,
                                            analysis.ds)
     rows = subset_indices(len(ds.test_y), args.limit_test)
@@ -222,7 +222,7 @@ def run(args):
         grid[name] = [accuracy(name, s) for s in severities]
         seconds[name] = round(time.perf_counter() - t, 3)
         print(f"{name:18s} " + " ".join(f"{100 * a:6.2f}" for a in grid[name]) + f"   ({seconds[name]:.1f} s)")
-    result = {"run": str(run), "checkpoint": checkpoint, "epoch": ckpt["epoch"], "n": len(labels),
+    result = {"run": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["epoch"], "n": len(labels),
               "limit_test": args.limit_test, "seed": None if cifar_c else args.seed, "severities": severities,
               "corruptions": names, "clean_accuracy": clean, "accuracy": grid,
               "mean_accuracy": {n: round(float(np.mean(grid[n])), 6) for n in names},
@@ -231,8 +231,8 @@ def run(args):
               "images_per_second": round(len(labels) * len(severities) * len(names) / sum(seconds.values()), 1),
               "batch_size": args.batch_size, "precision": "bf16 autocast" if use_amp else "float32",
               "device": device_name(device), **provenance()}
-    save_json(result, run / "corruptions.json")
-    print_summary(result, run)
+    save_json(result, run_dir / "corruptions.json")
+    print_summary(result, run_dir)
     return result
 
 
