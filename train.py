@@ -350,7 +350,7 @@ def finish(st, cfg, run_dir):
 
 
 def setup(args):
-    """The run folder, its configuration, the training state, the loaders and the step's model."""
+    """The run folder, its configuration, what train_epoch needs (training_parts), the test loader."""
     run_dir, ckpt = prepare_run(args)
     saved = ckpt["config"] if ckpt is not None else vars(args)
     device = resolve_device(args.device)
@@ -360,37 +360,45 @@ def setup(args):
           load_dataset(saved["dataset"], saved["data_dir"], not saved["no_download"],
                        saved["limit_train"], saved["limit_test"]))
     cfg = start_config(args, ckpt, ds, device, run_dir)
-    st = build_state(cfg, ckpt, device)
+    parts = training_parts(cfg, ckpt, ds, device)
     if ckpt is not None:
-        recover_save_seconds(st.history, run_dir / "history.csv")
-        print(f"resuming {run_dir} after epoch {st.epoch}")
-    train_loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
-                                device, train=True, augment=cfg["augment"], generator=st.data_gen)
+        recover_save_seconds(parts.st.history, run_dir / "history.csv")
+        print(f"resuming {run_dir} after epoch {parts.st.epoch}")
+    if parts.note:
+        print(parts.note)
     test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
-    # What the run really computes in, whatever was asked (a resume may move to another device).
+    return run_dir, cfg, parts, test_loader
+
+
+def training_parts(cfg, ckpt, ds, device):
+    """What train_epoch needs, built as every training here builds it (train.py, tools/bench.py,
+    tests/test_gpu.py): the state (restored from ckpt if resuming), the training loader, the step's
+    model (compiled if asked), the loss, and the autocast context of the precision that runs.
+    Sets cfg["precision"] to what the run really computes in, whatever was asked (a resume may
+    move to another device); note says why, when a flag cannot apply on `device`."""
+    st = build_state(cfg, ckpt, device)
+    loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
+                          device, train=True, augment=cfg["augment"], generator=st.data_gen)
     cfg["precision"], note = precision_of(device, cfg["amp"], cfg.get("tf32", False))
-    if note:
-        print(note)
-    mode = cfg["compile"]
+    use_amp = cfg["precision"] == "bf16 autocast"
+    mode = cfg["compile"]  # True in configs written before the modes existed
     st.compile_pending = bool(mode)
     step_model = torch.compile(st.model, mode="default" if mode is True else mode, dynamic=False) if mode else st.model
-    return run_dir, cfg, st, train_loader, test_loader, step_model
+    return SimpleNamespace(st=st, loader=loader, step_model=step_model,
+                           criterion=nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
+                           amp_context=lambda: autocast(device, use_amp), note=note)
 
 
 def run(args):
     tensorboard = TensorBoardLog(args.tensorboard)
-    run_dir, cfg, st, train_loader, test_loader, step_model = setup(args)
-    device = train_loader.images.device
-    use_amp = cfg["precision"] == "bf16 autocast"
-
-    def amp_context():
-        return autocast(device, use_amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    run_dir, cfg, parts, test_loader = setup(args)
+    st = parts.st
     while st.epoch < cfg["epochs"]:
         t0, compiling = time.perf_counter(), st.compile_seconds
-        train_loss, train_acc, seen = train_epoch(st, step_model, train_loader, cfg, criterion, amp_context, run_dir)
+        train_loss, train_acc, seen = train_epoch(st, parts.step_model, parts.loader, cfg, parts.criterion,
+                                                  parts.amp_context, run_dir)
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate_loader(st.model, test_loader, nn.CrossEntropyLoss(), amp_context)
+        test_loss, test_acc = evaluate_loader(st.model, test_loader, nn.CrossEntropyLoss(), parts.amp_context)
         t2 = time.perf_counter()
         st.elapsed, st.train_elapsed, st.epoch = st.elapsed + t2 - t0, st.train_elapsed + t1 - t0, st.epoch + 1
         row = dict(epoch=st.epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),

@@ -48,7 +48,7 @@ def test_loader_cutmix_and_step_do_not_wait_for_the_gpu():
 
 
 def epoch_setup(*flags, n=5000, batch=50):
-    """train.py's state, loader, criterion and autocast for `flags` on the GPU, as run() builds them."""
+    """What train_epoch needs for `flags` on the GPU, as train.py builds it, and the config."""
     parser = train.build_parser()
     args = parser.parse_args(["--dataset", "synthetic", "--batch-size", str(batch), "--cutmix-prob", "0.5",
                               "--label-smoothing", "0.1", "--device", "cuda", *flags])
@@ -56,12 +56,7 @@ def epoch_setup(*flags, n=5000, batch=50):
     device = common.resolve_device("cuda")
     ds = make_synthetic(n, 10)
     cfg = dict(vars(args), num_classes=10, mean=[0.5] * 3, std=[0.25] * 3)
-    st = train.build_state(cfg, None, device)
-    loader = DeviceLoader(ds.train_x, ds.train_y, batch, cfg["mean"], cfg["std"], device, train=True,
-                          augment="crop-flip", generator=st.data_gen)
-    precision, _ = common.precision_of(device, cfg["amp"], cfg["tf32"])
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    return st, loader, cfg, criterion, lambda: common.autocast(device, precision == "bf16 autocast")
+    return train.training_parts(cfg, None, ds, device), cfg
 
 
 @pytest.mark.parametrize("flags", [("--arch", "simplecnn", "--optimizer", "adam"),
@@ -70,14 +65,15 @@ def test_a_training_epoch_waits_for_the_gpu_only_at_its_checks(flags):
     """5,000 images at batch 50: 100 steps. Planned waits per epoch: the three uploads of the
     epoch's random draws, the NaN check every 50 steps and at the last, the two final means. One
     wait per step would give over 100."""
-    st, loader, cfg, criterion, amp = epoch_setup(*flags)
-    train.train_epoch(st, st.model, loader, cfg, criterion, amp, Path("."))  # first-call set-up
+    parts, cfg = epoch_setup(*flags)
+    st, loader = parts.st, parts.loader
+    train.train_epoch(st, st.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))  # first-call set-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train.train_epoch(st, st.model, loader, cfg, criterion, amp, Path("."))
+            train.train_epoch(st, st.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     waits = [w for w in caught if "synchroniz" in str(w.message).lower()]

@@ -15,6 +15,7 @@ chosen device. The loaders alone, without a model, are timed beside them. A benc
 import itertools
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,9 +24,9 @@ import torch.nn as nn
 if __name__ == "__main__":  # run as a script: the project's modules are in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast, autocast_mode, build_model,
-                    channel_stats, cli_guard, cuda_ampere_or_newer, device_name, load_dataset,
-                    precision_of, resolve_device, save_json, synchronize)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast_mode, build_model, channel_stats,
+                    cli_guard, cuda_ampere_or_newer, device_name, load_dataset, resolve_device, save_json,
+                    synchronize)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -97,20 +98,15 @@ def epoch_rates(ds, args, device, precision, compile_mode):
     train.check_args(targs, parser)
     torch.manual_seed(0)
     cfg = dict(vars(targs), num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
-    st = train.build_state(cfg, None, device)
-    loader = DeviceLoader(ds.train_x[:args.images], ds.train_y[:args.images], args.batch_size, cfg["mean"],
-                          cfg["std"], device, train=True, augment="crop-flip", generator=st.data_gen)
-    ran, _ = precision_of(device, cfg["amp"], cfg["tf32"])
-    use_amp = ran == "bf16 autocast"
-    step_model = torch.compile(st.model, mode=compile_mode, dynamic=False) if compile_mode else st.model
-    st.compile_pending = bool(compile_mode)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    subset = replace(ds, train_x=ds.train_x[:args.images], train_y=ds.train_y[:args.images])
+    parts = train.training_parts(cfg, None, subset, device)
 
     def epoch():
-        train.train_epoch(st, step_model, loader, cfg, criterion, lambda: autocast(device, use_amp), Path("."))
+        train.train_epoch(parts.st, parts.step_model, parts.loader, cfg, parts.criterion, parts.amp_context,
+                          Path("."))
     first = timed(epoch, device)
     seconds = timed(lambda: [epoch() for _ in range(args.epochs)], device)
-    return len(loader.labels) * args.epochs / seconds, first, st.compile_seconds
+    return len(parts.loader.labels) * args.epochs / seconds, first, parts.st.compile_seconds
 
 
 def loader_rate(ds, args, device):
