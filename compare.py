@@ -28,9 +28,11 @@ from cam import find_layer, grad_cam  # the same maps as gradcam.py's figures
 from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, normalize, provenance, pyplot,
                     resolve_device, save_json)
 from contract import (ECE_BINS, dataset_from_config, load_evaluated, load_grid, read_cases, read_config,
-                      read_gradcam, read_gradcam_maps, read_metrics, read_predictions)
+                      read_gradcam, read_gradcam_maps, read_history, read_metrics, read_predictions)
 from corrupt import CIFAR_C_STANDARD, mean_error
+from judgements import recipe_checks
 from settings import changed_settings, settings_of
+from shapes import conform
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 TOP_K = 5  # classes named as largest gains and losses
@@ -50,6 +52,9 @@ def load_side(run):
         raise UserError(f"run folder {run} does not exist; train it with train.py and evaluate it first")
     side = read_predictions(run)
     side.update(run=run, config=read_config(run), metrics=read_metrics(run))
+    # the recipe checks read the training curve; an imported model has none, nor a run without it
+    side["history"] = (read_history(run / "history.csv")
+                       if not side["config"].get("imported") and (run / "history.csv").is_file() else None)
     side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
     side["correct"] = side["pred"] == side["labels"]
     return side
@@ -412,6 +417,7 @@ def statistics(base, impr, args):
     acc_b, acc_i = float(base["correct"].mean()), float(impr["correct"].mean())
     rows, gains, losses = per_class_changes(base, impr, base["config"]["classes"])
     bins = np.linspace(0, 1, 21)
+    runs = runs_and_changes(base, impr)
     return {**table, "accuracy_baseline": round(acc_b, 6), "accuracy_improved": round(acc_i, 6),
             "accuracy_difference": round(acc_i - acc_b, 6),
             "bootstrap_ci95": bootstrap_ci(table["corrected"], table["worsened"], table["n_test"],
@@ -423,9 +429,10 @@ def statistics(base, impr, args):
             "calibration": calibration_summary(base, impr),
             "label_error_suspects": label_error_suspects(base, impr, base["config"]["classes"]),
             "per_class": rows, "top_gains": gains, "top_losses": losses,
+            "recipe_checks": recipe_checks(base, impr, acc_i - acc_b, runs["changed_values"]),
             "corruptions": None, "cases": None,
             "figures": ["confidence", "high_confidence", "per_class", "reliability"],
-            **runs_and_changes(base, impr), **provenance()}
+            **runs, **provenance()}
 
 
 def write_figures(result, base, impr, cam, grids, test_x, out):
@@ -466,7 +473,7 @@ def summarise_only(args, base, out):
         for row in result["ablation"]:
             print(f"ablation {row['name']}: {100 * row['accuracy']:.2f}% ({100 * row['difference']:+.2f} "
                   f"points, McNemar p={row['mcnemar_p']:.3g}), changes {row['changed']}")
-    save_json({**result, **provenance()}, out / name)
+    save_json(conform({**result, **provenance()}, name), out / name)
     return result
 
 
@@ -500,7 +507,7 @@ def run(args):
         result["figures"].append("gradcam_compare")
         result["gradcam_layer"] = cam[2]
     write_figures(result, base, impr, cam, grids, test_x, out)
-    save_json(result, out / "comparison.json")
+    save_json(conform(result, "comparison.json"), out / "comparison.json")
     lo, hi = result["bootstrap_ci95"]
     cal = result["calibration"]
     print(f"{out / 'comparison.json'}: accuracy {100 * result['accuracy_baseline']:.2f}% -> "

@@ -4,6 +4,7 @@ One loader per kind of file, each refusing a missing, damaged or stale file in o
 names the script that writes it (WRITERS). A step reads another step's file only through here:
     from contract import load_analysis, read_predictions
 """
+import csv
 import hashlib
 import json
 import os
@@ -225,6 +226,26 @@ def read_gradcam_maps(run, indices, layer, checkpoint):
         raise UserError(f"{path} holds maps of other cases, another layer or another checkpoint "
                         f"(wanted {len(indices)} cases at {layer}, {checkpoint}); {redo}")
     return torch.from_numpy(got["maps_pred"]), torch.from_numpy(got["maps_true"])
+
+
+HISTORY_COLUMNS = ("epoch", "train_acc", "test_loss")  # what judgements.fit_check reads
+
+
+def read_history(path):
+    """train.py's history.csv as a list of per-epoch dicts of numbers, each with HISTORY_COLUMNS."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        # A timing column may be blank (a resumed run's boundary epoch): None, not an error.
+        history = [{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()}
+                   for r in rows]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        raise UserError(f"{path} cannot be read as train.py's history ({e}); retrain or restore it") from None
+    lacking = [c for c in HISTORY_COLUMNS if any(row.get(c) is None for row in history)]
+    if lacking:
+        raise UserError(f"{path} lacks {', '.join(lacking)} for some epoch, which compare.py reads; it is "
+                        "not train.py's history: retrain or restore it")
+    return history
 
 
 def load_analysis(run_dir, device="cpu", data_dir=None):

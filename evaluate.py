@@ -26,6 +26,7 @@ from common import (ARCHS, DEVICE_HELP, UserError, arg_parser, atomic_write, bui
                     cli_guard, device_name, load_checkpoint, load_dataset, predict, provenance, resolve_device,
                     save_checkpoint, save_json)
 from contract import ECE_BINS, dataset_from_config, load_run, weights_fingerprint
+from shapes import conform
 
 
 def build_parser():
@@ -161,7 +162,7 @@ def import_weights(args):
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "epoch": None, "config": config}, run / "last.pt")
-    save_json(config, run / "config.json")
+    save_json(conform(config, "config.json"), run / "config.json")
     print(f"imported {weights} ({how}) into {run}")
     return ds
 
@@ -242,7 +243,7 @@ def run_evaluation(args, ds=None):
         np.savez_compressed(f, probs=probs.numpy().astype(np.float32), labels=ds.test_y.numpy(),
                             logits=logits.numpy(), indices=ds.test_indices.numpy())
     atomic_write(run / "predictions.npz", write_npz)
-    save_json(metrics, run / "metrics.json")
+    save_json(conform(metrics, "metrics.json"), run / "metrics.json")
     label = ("the imported weights" if config.get("imported") else
              f"the {'best-on-test' if args.checkpoint == 'best' else 'last'} checkpoint, epoch {ckpt['epoch']}")
     print(f"{run}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "

@@ -16,6 +16,7 @@ import numpy as np
 from common import UserError, arg_parser, cli_guard, provenance, pyplot, save_figure, save_json
 from contract import dataset_from_config, read_config, read_json, read_predictions
 from hypotheses import compose_hypothesis, format_probability  # worded as gradcam.py words them
+from shapes import conform
 
 THRESHOLDS = (0.5, 0.9, 0.99)
 
@@ -259,7 +260,7 @@ def draw_and_save(result, run_dir, config, data_dir, rows, labels, indices):
                  f"({result['summary']['n_errors']} errors of {len(labels)} test images)",
                  run_dir / "failures.png")
     result.update(provenance())
-    save_json(result, run_dir / "failures.json")
+    save_json(conform(result, "failures.json"), run_dir / "failures.json")
 
 
 def main(argv=None):

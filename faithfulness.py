@@ -27,6 +27,7 @@ from cam import find_layer, grad_cam, layer_name_or_default
 from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, device_name, normalize, provenance,
                     pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
+from shapes import conform
 
 # RISE's reference code blurs with an 11x11 Gaussian kernel, sigma 5. On 32x32 images it spans a
 # third of the image: shapes are gone, only the coarse colour layout survives, which is the point
@@ -292,7 +293,7 @@ def run(args):
     if case_rows:
         out.update(measure_cases(group, cases_path, case_rows, probs, labels, indices, config["classes"]))
     out.update(seconds=round(time.perf_counter() - t0, 3), device=device_name(device), **provenance())
-    save_json(out, run_dir / "faithfulness.json")
+    save_json(conform(out, "faithfulness.json"), run_dir / "faithfulness.json")
     plot(sample_summary, out, run_dir / "faithfulness.png", checkpoint_words(config, checkpoint))
     aucs = ", ".join(f"{c} AUC {sample_summary['gradcam'][c + '_auc']['mean']:.3f} vs "
                      f"{sample_summary['random'][c + '_auc']['mean']:.3f}" for c in ("deletion", "insertion"))

@@ -22,6 +22,7 @@ from common import (DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard,
                     pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
 from hypotheses import compose_hypothesis, format_probability  # worded as failures.py words them
+from shapes import conform
 
 CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
 
@@ -202,7 +203,7 @@ def run(args):
     plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
          f"{run_dir.name}: where the network looked ({checkpoint_words(config, checkpoint)})",
          run_dir / "gradcam.png")
-    save_json(result, run_dir / "gradcam.json")  # last: make's target, so the maps above are current
+    save_json(conform(result, "gradcam.json"), run_dir / "gradcam.json")  # last: make's target, so the maps above are current
     print(f"{run_dir / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")
     return {"maps_pred": maps_pred, "maps_true": maps_true, **result}
 

@@ -1,139 +1,15 @@
-"""The report's words: LaTeX-safe text from the data, and every sentence that depends on the results.
+"""The report's sentences: every text that depends on the results, worded from the data.
 
 Generated from comparison.json and the runs' JSON files, so each sentence stays true whatever the
-numbers are (report.py puts them into macros.tex; supplement.py uses the text helpers).
+numbers are. Three layers: report/tex.py formats (escaping, numbers, names); judgements.py decides
+(thresholds and checks, made by compare.py and stored in comparison.json's recipe_checks); this
+module only words. report.py puts its texts into macros.tex.
 """
 import re
-import unicodedata
 from pathlib import Path
 
 from settings import label as setting_label
-
-ARCH_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
-              "resnet101": "ResNet-101", "resnet152": "ResNet-152", "wide_resnet50_2": "Wide ResNet-50-2",
-              "wide_resnet101_2": "Wide ResNet-101-2", "resnext50_32x4d": "ResNeXt-50 (32x4d)",
-              "simplecnn": "SimpleCNN"}
-
-
-#### LaTeX text
-
-TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
-UNICODE_TEX = {"→": r"\textrightarrow{}", "←": r"\textleftarrow{}", "≥": r"\ensuremath{\geq}",
-               "≤": r"\ensuremath{\leq}", "≈": r"\ensuremath{\approx}", "×": r"\texttimes{}",
-               "±": r"\textpm{}", "°": r"\textdegree{}", "µ": r"\textmu{}", "μ": r"\textmu{}",
-               "–": "--", "—": "---", "‘": "`", "’": "'", "“": "``", "”": "''", "…": r"\dots{}"}
-
-
-def tex_escape(text):
-    """Any text from the data (class names, an analyst's hypothesis) as LaTeX that typesets it.
-
-    Latin letters stay (T1 fonts have them); other characters without a glyph are folded to ASCII
-    or become '?', so no input can stop the build."""
-    out = []
-    for ch in str(text):
-        if ch in TEX_SPECIALS:
-            out.append(TEX_SPECIALS[ch])
-        elif ch in UNICODE_TEX:
-            out.append(UNICODE_TEX[ch])
-        elif ch.isspace():
-            out.append(" ")
-        elif ch.isascii():
-            out.append(ch if ch.isprintable() else "")
-        elif ord(ch) < 0x180 and ch.isalpha():
-            out.append(ch)
-        else:
-            folded = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
-            out.append(tex_escape(folded) if folded else "?")
-    return "".join(out)
-
-
-def pct(x, digits=2):
-    return f"{100 * x:.{digits}f}"
-
-
-def signed(x, digits=2):
-    """A signed number of points (x is a fraction), with a real minus sign.
-
-    Zero has no sign, and a nonzero x gets up to 4 more digits rather than read as +0.00, so
-    the words built from its sign ("more accurate", "gains") never contradict the number shown;
-    below that (float noise, not a count of images) it is shown as an unsigned zero."""
-    v, shown = 100 * x, digits
-    while v and round(v, shown) == 0 and shown < digits + 4:
-        shown += 1
-    if round(v, shown) == 0:
-        return rf"\ensuremath{{{0:.{digits}f}}}"
-    return rf"\ensuremath{{{v:+.{shown}f}}}"
-
-
-def count(n, noun, plural=None):
-    """'1 class', '0 classes', '3 test images': a count with its noun in the right number."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
-def and_list(items):
-    """'a', 'a and b', 'a, b and c'."""
-    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def p_tex(p):
-    """'$p = 0.012$', '$p = 4.0\\times 10^{-101}$' or '$p < 10^{-300}$'; never rounds across 0.05."""
-    if p <= 0:
-        return r"$p < 10^{-300}$"
-    if p < 1e-3:
-        mantissa, exponent = f"{p:.1e}".split("e")
-        return rf"$p = {mantissa}\times 10^{{{int(exponent)}}}$"
-    for digits in range(2, 7):
-        text = f"{p:#.{digits}g}".rstrip(".")
-        if (float(text) < 0.05) == (p < 0.05):
-            return f"$p = {text}$"
-    return f"$p = {p!r}$"
-
-
-def seconds_text(s):
-    if s is None:
-        return "n/a"
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
-
-
-def trend(new, old):
-    if new == old:
-        return f"stayed at {new}"
-    return f"{'fell' if new < old else 'rose'} from {old} to {new}"
-
-
-def setting_text(key, value):
-    if value is None:
-        return "all" if key.startswith("limit_") else "--"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if key == "milestones":
-        return ", ".join(map(str, value)) if value else "none (constant lr)"
-    if key == "augment":
-        return {"crop-flip": "crop + flip", "none": "none"}.get(value, tex_escape(value))
-    if key == "arch":
-        return ARCH_NAMES.get(value, tex_escape(value))
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return tex_escape(", ".join(map(str, value)))
-    return tex_escape(value)
-
-
-def dataset_name(name, num_classes=None):
-    base = Path(str(name)).name
-    if base == "synthetic":
-        return "synthetic shapes"
-    if re.search(r"\.(tar\.gz|tgz)$", base, re.I):  # an archive given by path: maybe generated
-        kind = {100: "CIFAR-100", 10: "CIFAR-10"}.get(num_classes, "CIFAR")
-        return f"{kind}-format archive {tex_escape(base)}"
-    for pattern, pretty in ((r"cifar-?100", "CIFAR-100"), (r"cifar-?10", "CIFAR-10")):
-        if re.fullmatch(pattern, base, re.I):
-            return pretty
-        if re.search(pattern, base, re.I):
-            return f"{pretty} (folder {tex_escape(base)})"
-    return f"folder dataset {tex_escape(base)}"
+from tex import and_list, count, dataset_name, p_tex, pct, seconds_text, setting_text, signed, tex_escape, trend
 
 
 def improvement_name(changed_values):
@@ -159,29 +35,29 @@ def changed_list(changed_values):
 
 #### Prose that depends on the results: generated here, so it stays true whatever the numbers
 
-def at_threshold(cmp, threshold=0.9):
+def at_threshold(comparison, threshold=0.9):
     """(t, baseline count, improved count) of wrong predictions with confidence >= t: t = 0.9, or
     where neither model has such errors, the highest threshold at which one of them has some."""
-    rows = {r["threshold"]: r for r in cmp["high_confidence_errors"]}
+    rows = {r["threshold"]: r for r in comparison["high_confidence_errors"]}
     t = threshold if threshold in rows else max(rows)
     if not (rows[t]["baseline"] or rows[t]["improved"]):
         t = max((u for u, r in rows.items() if r["baseline"] or r["improved"]), default=t)
     return t, rows[t]["baseline"], rows[t]["improved"]
 
 
-def accuracy_sentence(cmp):
-    d, (lo, hi) = cmp["accuracy_difference"], cmp["bootstrap_ci95"]
+def accuracy_sentence(comparison):
+    d, (lo, hi) = comparison["accuracy_difference"], comparison["bootstrap_ci95"]
     verb = "more accurate than" if d > 0 else "less accurate than" if d < 0 else "exactly as accurate as"
     ci = ("lies entirely above zero" if lo > 0 else "lies entirely below zero" if hi < 0 else
           "includes zero, so the data are also compatible with no difference")
-    return (f"The improved model is {verb} the baseline on the {count(cmp['n_test'], 'test image')}: "
-            rf"{pct(cmp['accuracy_improved'])}\,\% against {pct(cmp['accuracy_baseline'])}\,\% "
+    return (f"The improved model is {verb} the baseline on the {count(comparison['n_test'], 'test image')}: "
+            rf"{pct(comparison['accuracy_improved'])}\,\% against {pct(comparison['accuracy_baseline'])}\,\% "
             f"({signed(d)} points); the paired bootstrap 95\\,\\% interval of the difference, "
             f"[{signed(lo)}, {signed(hi)}] points, {ci}.")
 
 
-def significance_sentence(cmp):
-    p, c, w = cmp["mcnemar_p"], cmp["corrected"], cmp["worsened"]
+def significance_sentence(comparison):
+    p, c, w = comparison["mcnemar_p"], comparison["corrected"], comparison["worsened"]
     verdict = (", below 0.05: a split this uneven is unlikely if the two models were equally "
                "accurate on this test set" if p < 0.05 else
                ", not below 0.05: this test set does not show that the two models differ")
@@ -190,45 +66,45 @@ def significance_sentence(cmp):
             f"test gives {p_tex(p)}{verdict}.")
 
 
-def smoothing_cap(cmp, t):
+def smoothing_cap(comparison, t):
     """(eps, cap) when the improvement adds label smoothing eps and the threshold t lies within 0.1
     of cap = 1 - eps + eps/C, the top-class probability its targets ask for: the improved model's
     predictions rarely reach t then, right or wrong, so its count at t reflects the targets."""
-    eps = ((cmp.get("changed_values") or {}).get("label_smoothing") or {}).get("improved")
-    n_classes = len(cmp.get("per_class") or [])
+    smoothing = comparison["changed_values"].get("label_smoothing")  # present only if the models differ in it
+    eps, n_classes = smoothing and smoothing["improved"], len(comparison["per_class"])
     if not eps or not n_classes:
         return None
     cap = 1 - eps + eps / n_classes
     return (eps, cap) if t >= cap - 0.1 else None
 
 
-def high_confidence_sentence(cmp):
-    t, nb, ni = at_threshold(cmp)
-    errors_b, errors_i = cmp["corrected"] + cmp["both_wrong"], cmp["worsened"] + cmp["both_wrong"]
+def high_confidence_sentence(comparison):
+    t, confident_b, confident_i = at_threshold(comparison)
+    shared = comparison["both_wrong"]
+    errors_b, errors_i = comparison["corrected"] + shared, comparison["worsened"] + shared
     if errors_i == errors_b:
         overall = f"with {count(errors_b, 'error')} at any confidence for both"
     else:
         verb = "fell" if errors_i < errors_b else "rose"
-        same = (errors_i < errors_b) == (ni < nb) and ni != nb
+        same = (errors_i < errors_b) == (confident_i < confident_b) and confident_i != confident_b
         overall = (f"and errors at any confidence also {verb}, from {errors_b} to {errors_i}" if same
                    else f"while errors at any confidence {verb} from {errors_b} to {errors_i}")
     s = (f"From the baseline to the improved model, wrong predictions made with a confidence of at "
-         f"least {t:g} {trend(ni, nb)} (of {cmp['n_test']} test images), {overall}")
-    conf = cmp.get("confidence") or {}
-    mb = (conf.get("baseline") or {}).get("correct", {}).get("mean")
-    mi = (conf.get("improved") or {}).get("correct", {}).get("mean")
-    if mb is not None and mi is not None:
-        means = f"{mi:.2f} against {mb:.2f}"
-        if ni < nb and mi < mb:
+         f"least {t:g} {trend(confident_i, confident_b)} (of {comparison['n_test']} test images), {overall}")
+    conf = comparison["confidence"]  # null in a comparison.json older than the confidence figure
+    mean_b, mean_i = (conf[side]["correct"]["mean"] for side in ("baseline", "improved")) if conf else (None, None)
+    if mean_b is not None and mean_i is not None:
+        means = f"{mean_i:.2f} against {mean_b:.2f}"
+        if confident_i < confident_b and mean_i < mean_b:
             s += ("; part of the drop may be lower confidence across the board: the improved "
                   f"model is also less confident on its correct predictions (mean {means})")
-        elif ni < nb:
+        elif confident_i < confident_b:
             s += ("; this is not a general loss of confidence: on its correct predictions the "
                   f"improved model is at least as confident (mean {means})")
-        elif ni > nb and mi > mb:
+        elif confident_i > confident_b and mean_i > mean_b:
             s += ("; part of the rise may be higher confidence across the board: the improved "
                   f"model is also more confident on its correct predictions (mean {means})")
-    capped = smoothing_cap(cmp, t)
+    capped = smoothing_cap(comparison, t)
     if capped:
         eps, cap = capped
         s += (f". Label smoothing {eps:g} trains the improved model towards a top-class probability "
@@ -238,31 +114,31 @@ def high_confidence_sentence(cmp):
     return s + "."
 
 
-def calibration_sentence(cmp):
-    cal = cmp.get("calibration")
-    if not cal:
+def calibration_sentence(comparison):
+    cal = comparison["calibration"]
+    if cal is None:
         return ""
     b, i = cal["baseline"], cal["improved"]
     # Judged on the numbers as printed, so that the verb never contradicts them.
     direction = ("stayed the same" if pct(i["ece"]) == pct(b["ece"]) else
                  "fell" if i["ece"] < b["ece"] else "rose")
-    return (f"Expected calibration error ({cal.get('n_bins', 15)} bins, top label) {direction}: "
+    return (f"Expected calibration error ({cal['n_bins']} bins, top label) {direction}: "
             f"{pct(b['ece'])}\\,\\% for the baseline, {pct(i['ece'])}\\,\\% for the improved model; the "
             f"negative log-likelihood went from {b['nll']:.3f} to {i['nll']:.3f} and the Brier score from "
             f"{b['brier']:.3f} to {i['brier']:.3f} (lower is better for all three).")
 
 
-def corruptions_sentence(cmp):
-    c = cmp.get("corruptions")
-    if not c:
+def corruptions_sentence(comparison):
+    c = comparison["corruptions"]
+    if c is None:  # the runs have no corruptions.json
         return ""
     mce = c["mean_corruption_error"]
     # Judged on the numbers as printed, so that the verb never contradicts them.
     direction = ("stayed the same" if pct(mce["improved"]) == pct(mce["baseline"]) else
                  "fell" if mce["improved"] < mce["baseline"] else "rose")
-    sev = c.get("severities") or [0]
+    sev = c["severities"]
     levels = f"severity {min(sev)}" if min(sev) == max(sev) else f"severities {min(sev)}--{max(sev)}"
-    kind = ("corruption of the published CIFAR-C files" if c.get("source") == "cifar-c"
+    kind = ("corruption of the published CIFAR-C files" if c["source"] == "cifar-c"
             else "synthetic corruption")
     s = (f"Under {count(len(c['corruptions']), kind, kind.replace('corruption', 'corruptions', 1))} at {levels} "
          f"({count(c['n'], 'test image')}), the mean corruption error {direction}: "
@@ -271,10 +147,10 @@ def corruptions_sentence(cmp):
 
     def names(ns):
         return ", ".join(tex_escape(n.replace("_", " ")) for n in ns)
-    if c.get("helps_most"):
+    if c["helps_most"]:
         s += f"; the change helps most against {names(c['helps_most'])}"
-    if c.get("hurts_most"):
-        s += f" and hurts most against {names(c['hurts_most'])}" if c.get("helps_most") else \
+    if c["hurts_most"]:
+        s += f" and hurts most against {names(c['hurts_most'])}" if c["helps_most"] else \
              f"; it hurts most against {names(c['hurts_most'])}"
     return s + "."
 
@@ -286,8 +162,8 @@ def checkpoint_name(name):
     return {"last": "final (last epoch)", "best": "best-on-test"}.get(name, tex_escape(name))
 
 
-def checkpoint_sentence(met_b, met_i, cfg_b, cfg_i):
-    used = (met_b.get("checkpoint"), met_i.get("checkpoint"))
+def checkpoint_sentence(base_metrics, impr_metrics, base_config, impr_config):
+    used = (base_metrics.get("checkpoint"), impr_metrics.get("checkpoint"))
     if used == ("last", "last"):
         s = ("Both models are evaluated with their final weights (the last epoch); the epoch with "
              "the best test accuracy is reported for reference only, since choosing it would peek at "
@@ -299,7 +175,7 @@ def checkpoint_sentence(met_b, met_i, cfg_b, cfg_i):
         s = (f"The models are evaluated with different checkpoints (baseline: {checkpoint_name(used[0])}, "
              f"improved: {checkpoint_name(used[1])}), so the comparison mixes final and best-on-test "
              "weights.")
-    differ = [(who, c) for who, c in (("baseline", cfg_b), ("improved model", cfg_i))
+    differ = [(who, c) for who, c in (("baseline", base_config), ("improved model", impr_config))
               if c.get("best_epoch") != c.get("epochs")]
     if not differ:
         return s + (" For both models the best test accuracy came at the final epoch, so the two "
@@ -310,20 +186,20 @@ def checkpoint_sentence(met_b, met_i, cfg_b, cfg_i):
     return s + " The two checkpoints are not the same: " + " and ".join(parts) + "."
 
 
-def seeds_sentence(cfg_b, cfg_i, seeds=None):
+def seeds_sentence(base_config, impr_config, seeds=None):
     if seeds and len(seeds["seeds"]) > 1:
         def spread(key, unit=r"\,\%"):
-            st = seeds[key]
-            mean = signed(st["mean"]) if key == "difference" else pct(st["mean"])
-            return f"{mean}{unit} $\\pm$ {pct(st['std'])}"
+            stats = seeds[key]
+            mean = signed(stats["mean"]) if key == "difference" else pct(stats["mean"])
+            return f"{mean}{unit} $\\pm$ {pct(stats['std'])}"
         n = len(seeds["seeds"])
         return (f"Over {n} seeds ({', '.join(map(str, seeds['seeds']))}; make seeds) the baseline reaches "
                 f"{spread('baseline')} and the improved model {spread('improved')} (mean $\\pm$ sample "
                 f"standard deviation); the difference is {spread('difference', ' points')}, in favour of the "
                 f"improved model on {seeds['improved_better']} of {n} seeds. The rest of this report analyses "
-                f"the runs with seed {cfg_b.get('seed')}.")
-    seeds = ("the same seed, " + str(cfg_b.get("seed")) if cfg_b.get("seed") == cfg_i.get("seed")
-             else f"seeds {cfg_b.get('seed')} and {cfg_i.get('seed')}")
+                f"the runs with seed {base_config.get('seed')}.")
+    seeds = ("the same seed, " + str(base_config.get("seed")) if base_config.get("seed") == impr_config.get("seed")
+             else f"seeds {base_config.get('seed')} and {impr_config.get('seed')}")
     return (f"Each model was trained once ({seeds}), so these results do not show how much "
             "either model varies between training runs; the bootstrap interval and McNemar's "
             "test cover the sampling of test images only.")
@@ -351,13 +227,13 @@ def code_resumes(cfg):
     return text
 
 
-def code_sentence(cfg_b, cfg_i):
-    cb, ci = (tex_escape(str(c.get("git_commit", "unknown"))[:12]) for c in (cfg_b, cfg_i))
-    commits = [c.get("git_commit", "") for c in (cfg_b, cfg_i)]
-    commits += [r.get("git_commit", "") for c in (cfg_b, cfg_i) for r in c.get("resumed") or []]
+def code_sentence(base_config, impr_config):
+    cb, ci = (tex_escape(str(c.get("git_commit", "unknown"))[:12]) for c in (base_config, impr_config))
+    commits = [c.get("git_commit", "") for c in (base_config, impr_config)]
+    commits += [r.get("git_commit", "") for c in (base_config, impr_config) for r in c.get("resumed") or []]
     note = " (with uncommitted changes)" if any(str(c).endswith("-dirty") for c in commits) else ""
-    rb, ri = code_resumes(cfg_b), code_resumes(cfg_i)
-    if cfg_b.get("git_commit") == cfg_i.get("git_commit") and rb == ri:
+    rb, ri = code_resumes(base_config), code_resumes(impr_config)
+    if base_config.get("git_commit") == impr_config.get("git_commit") and rb == ri:
         if rb:
             return f"Both were trained with the same code: commit \\texttt{{{cb}}}{rb}{note}."
         return f"Both were trained from the same code version, commit \\texttt{{{cb}}}{note}."
@@ -370,17 +246,18 @@ def code_sentence(cfg_b, cfg_i):
 
 
 def selection_sentence(failures):
-    sel, n = failures.get("selection") or {}, len(failures["cases"])
-    if sel.get("source") == "analyst":
+    sel = failures["selection"] or dict.fromkeys(("source", "rule", "note"))  # null: an older failures.json
+    n = len(failures["cases"])
+    if sel["source"] == "analyst":
         s = f"An analyst chose the {count(n, 'case')} (their test indices, given to failures.py)"
     else:
         s = (f"We select {count(n, 'distinct case')} among the most confident errors "
-             f"(rule: {tex_escape(sel.get('rule', 'n/a'))})")
-    return s + (f"; {tex_escape(sel['note'])}." if sel.get("note") else ".")
+             f"(rule: {tex_escape(sel['rule'] or 'n/a')})")
+    return s + (f"; {tex_escape(sel['note'])}." if sel["note"] else ".")
 
 
-def changed_sentence(cmp):
-    vals = cmp["changed_values"]
+def changed_sentence(comparison):
+    vals = comparison["changed_values"]
     listed = [f"{tex_escape(setting_label(k))} ({setting_text(k, v['baseline'])} $\\to$ "
               f"{setting_text(k, v['improved'])})" for k, v in vals.items()]
     if not listed:
@@ -397,8 +274,8 @@ def changed_sentence(cmp):
             f"{listed[-1]}. This comparison does not separate their effects.")
 
 
-def per_class_sentence(cmp):
-    rows = [r for r in cmp["per_class"] if r["n"]]
+def per_class_sentence(comparison):
+    rows = [r for r in comparison["per_class"] if r["n"]]
     up, down = sum(r["change"] > 0 for r in rows), sum(r["change"] < 0 for r in rows)
 
     def part(k, one, many):  # '1 gains', '3 gain', 'none gain'
@@ -411,15 +288,16 @@ def per_class_sentence(cmp):
         return f"the {'' if len(rs[:3]) == total else 'largest '}{kinds}{unit} are {named}"
     s = (f"Of the {count(len(rows), 'class', 'classes')}, {part(up, 'gains', 'gain')} accuracy, "
          f"{part(down, 'loses', 'lose')} and {part(len(rows) - up - down, 'is', 'are')} unchanged")
-    if cmp["top_gains"]:
-        s += "; " + ranked("gain", "gains", cmp["top_gains"], up, " (points)")
-    if cmp["top_losses"]:  # the unit once, on the first list given
-        s += "; " + ranked("loss", "losses", cmp["top_losses"], down, "" if cmp["top_gains"] else " (points)")
+    if comparison["top_gains"]:
+        s += "; " + ranked("gain", "gains", comparison["top_gains"], up, " (points)")
+    if comparison["top_losses"]:  # the unit once, on the first list given
+        unit = "" if comparison["top_gains"] else " (points)"
+        s += "; " + ranked("loss", "losses", comparison["top_losses"], down, unit)
     return s + "."
 
 
-def cases_sentence(cmp):
-    cases = cmp.get("cases") or []
+def cases_sentence(comparison):
+    cases = comparison["cases"] or []  # null: compare.py was not given the failure cases
     if not cases:
         return ""
     fixed = [c for c in cases if c["fixed"]]
@@ -438,29 +316,29 @@ def cases_sentence(cmp):
 
 
 def errors_sentence(failures):
-    sm = failures["summary"]
+    summary = failures["summary"]
     levels = ", ".join(f"{n} at confidence $\\geq$ {t}"
-                       for t, n in sorted(sm["errors_at_confidence"].items(), key=lambda kv: float(kv[0])))
-    s = f"The baseline misclassifies {sm['n_errors']} of {count(sm['n_test'], 'test image')} ({levels})"
-    if sm.get("confused_pairs"):
-        top = sm["confused_pairs"][0]
+                       for t, n in sorted(summary["errors_at_confidence"].items(), key=lambda kv: float(kv[0])))
+    s = f"The baseline misclassifies {summary['n_errors']} of {count(summary['n_test'], 'test image')} ({levels})"
+    if summary["confused_pairs"]:
+        top = summary["confused_pairs"][0]
         s += (f"; its most frequent confusion is {tex_escape(top['true_name'])} $\\to$ "
               f"{tex_escape(top['pred_name'])} ({count(top['count'], 'image')})")
     s += "."
-    if sm.get("share_within_superclass") is not None:
-        s += (f" {pct(sm['share_within_superclass'], 1)}\\,\\% of its errors "
-              f"({sm['errors_within_superclass']}) "
+    if summary["share_within_superclass"] is not None:
+        s += (f" {pct(summary['share_within_superclass'], 1)}\\,\\% of its errors "
+              f"({summary['errors_within_superclass']}) "
               "stay within the true class's superclass: fine-grained confusions between related classes.")
     return s
 
 
 def coarse_maps_sentence(gradcam, layer_tex):
     """How coarse the explained layer's maps are, from the map and image sizes gradcam.py measured."""
-    ref = gradcam.get("reference") or {}
-    (h, w), (H, W) = ref.get("map_size") or (None, None), ref.get("image_size") or (None, None)
-    if not h:
+    ref = gradcam["reference"]
+    if ref is None or ref["map_size"] is None:  # an older gradcam.json did not measure them
         return (f"Grad-CAM maps are coarse (layer \\texttt{{{layer_tex}}}, upsampled to the image) "
                 "and scaled per image")
+    (h, w), (H, W) = ref["map_size"], ref["image_size"]
     s = (f"Grad-CAM maps at \\texttt{{{layer_tex}}} are {h}$\\times${w}, upsampled to {H}$\\times${W}")
     if h <= 4 and w <= 4:
         s += (f": each cell covers {H // h}$\\times${W // w} pixels, so these maps can tell only which "
@@ -469,11 +347,13 @@ def coarse_maps_sentence(gradcam, layer_tex):
 
 
 def randomisation_sentence(faith):
-    """Adebayo et al.'s sanity check from both models' faithfulness.json; '' without them."""
-    rand = {m: (faith.get(m) or {}).get("randomisation") for m in ("baseline", "improved")}
-    if not all(r and r.get("spearman_mean") and None not in r["spearman_mean"] for r in rand.values()):
+    """Adebayo et al.'s sanity check from both models' faithfulness.json; '' without them (faith is
+    None) or where a correlation is undefined."""
+    if faith is None:
         return ""
-    b, i = rand["baseline"], rand["improved"]
+    b, i = faith["baseline"]["randomisation"], faith["improved"]["randomisation"]
+    if not (b["spearman_mean"] and i["spearman_mean"]) or None in b["spearman_mean"] + i["spearman_mean"]:
+        return ""
     head, passes = b["stages"][0], max(b["spearman_mean"][0], i["spearman_mean"][0]) < 0.5
 
     def rho(v):
@@ -489,15 +369,15 @@ def randomisation_sentence(faith):
 
 
 def gradcam_reference_sentence(gradcam):
-    ref = gradcam.get("reference")
-    if not ref or not ref.get("n"):
+    ref = gradcam["reference"]
+    if ref is None or not ref["n"]:
         return ""
     s = (f"For reference, over {ref['n']} correctly classified test images of a fixed sample, "
          f"{pct(ref['empty_share'], 0)}\\,\\% of the predicted-class maps are empty")
-    q = ref.get("centre_mass_quartiles")
+    q = ref["centre_mass_quartiles"]
     if q:
         s += f" and the middle half put {pct(q[0], 0)}--{pct(q[2], 0)}\\,\\% of their mass in the centre"
-    if ref.get("peak_in_box_rate") is not None:
+    if ref["peak_in_box_rate"] is not None:
         s += f"; their peak lies on the object for {pct(ref['peak_in_box_rate'], 0)}\\,\\%"
     return s + "."
 
@@ -511,128 +391,156 @@ def training_curves_sentence(cfg):
             "comparable with its test curves, which use plain images and labels.")
 
 
-def conclusion_sentence(cmp, name):
-    d = cmp["accuracy_difference"]
+def conclusion_sentence(comparison, name):
+    d = comparison["accuracy_difference"]
     effect = "raised" if d > 0 else "lowered" if d < 0 else "did not change"
-    sig = "significant" if cmp["mcnemar_p"] < 0.05 else "not significant"
-    t, nb, ni = at_threshold(cmp)
-    hc = "reduced" if ni < nb else "increased" if ni > nb else "left unchanged"
-    capped = smoothing_cap(cmp, t)
-    return (f"In this study, {name} {effect} test accuracy from {pct(cmp['accuracy_baseline'])}\\,\\% to "
-            f"{pct(cmp['accuracy_improved'])}\\,\\% ({signed(d)} points, 95\\,\\% interval "
-            f"[{signed(cmp['bootstrap_ci95'][0])}, {signed(cmp['bootstrap_ci95'][1])}]; McNemar "
-            f"{p_tex(cmp['mcnemar_p'])}, {sig} at the 0.05 level) and {hc} the wrong predictions made "
-            f"with confidence $\\geq$ {t:g} ({nb} $\\to$ {ni})"
+    sig = "significant" if comparison["mcnemar_p"] < 0.05 else "not significant"
+    t, confident_b, confident_i = at_threshold(comparison)
+    hc = "reduced" if confident_i < confident_b else "increased" if confident_i > confident_b else "left unchanged"
+    capped = smoothing_cap(comparison, t)
+    return (f"In this study, {name} {effect} test accuracy from {pct(comparison['accuracy_baseline'])}\\,\\% to "
+            f"{pct(comparison['accuracy_improved'])}\\,\\% ({signed(d)} points, 95\\,\\% interval "
+            f"[{signed(comparison['bootstrap_ci95'][0])}, {signed(comparison['bootstrap_ci95'][1])}]; McNemar "
+            f"{p_tex(comparison['mcnemar_p'])}, {sig} at the 0.05 level) and {hc} the wrong predictions made "
+            f"with confidence $\\geq$ {t:g} ({confident_b} $\\to$ {confident_i})"
             + (f", a threshold near the {capped[1]:.2f} that label smoothing trains the improved "
                "model to reach." if capped else "."))
 
 
-# Published gains of CutMix for ResNet-type networks, in points of test accuracy, per dataset
-# (../shared/FACTS.md): Westlake-AI/openmixup, CIFAR ResNet-18, CIFAR-100, 200 epochs: 76.42 ->
-# 79.45 (+3.0); clovaai/CutMix-PyTorch, PyramidNet-200, CIFAR-100, 300 epochs: +2.2.
-PUBLISHED_GAIN = {"CIFAR-100": (2.2, 3.0, "openmixup's ResNet-18 and CutMix's PyramidNet-200")}
-FAR_ABOVE = 2.0  # a gain more than twice the published upper end is flagged
-BEST_FINAL_GAP = 0.01  # best-on-test above final by a point or more: the test set chose an epoch
-HIGH_ECE = 0.05
-OVERFIT_TRAIN_ACC = 0.99
-OVERFIT_LOSS_RISE = 1.1  # final test loss 10% above its minimum
-UNDERFIT_TRAIN_ACC = 0.9  # a baseline below this on its own training batches has not fit the data
+#### The recipe checks: judged by judgements.py (stored in comparison.json), worded here
+# Each returns (a warning or None, the numbers of a check passed or None).
 
-
-def _published_gain_check(cmp, cfg_b):
-    gain = 100 * cmp["accuracy_difference"]
-    name = dataset_name(cfg_b["dataset"], cfg_b.get("num_classes"))
-    adds_cutmix = bool(cmp["changed_values"].get("cutmix_prob", {}).get("improved"))
-    # A folder copy of CIFAR-100 counts; a CIFAR-100-format archive may hold generated images.
-    known = PUBLISHED_GAIN.get(name.split(" (folder")[0]) if adds_cutmix else None
-    if known is None:  # a sentence of its own: it is a check not made, not one passed
+def published_gain_words(check):
+    if check is None:  # a sentence of its own: it is a check not made, not one passed
         return ("No published range for this improvement on this dataset is on record, so the size "
                 "of the gain is not checked against the literature."), None
-    lo, hi, source = known
-    text = (f"the gain of {signed(cmp['accuracy_difference'])} points compares with +{lo:.1f} to "
-            f"+{hi:.1f} points published for CutMix on {name} ({source})")
-    if gain > FAR_ABOVE * hi:
-        return (f"The gain of {signed(cmp['accuracy_difference'])} points is far above the +{lo:.1f} "
-                f"to +{hi:.1f} points published for CutMix on {name} ({source}): a weak baseline "
-                "may explain much of it."), text
-    return None, text
+    gain, lo, hi = signed(check["gain"]), check["low"], check["high"]
+    published = f"+{lo:.1f} to +{hi:.1f} points published for CutMix on {check['dataset']} ({check['source']})"
+    if check["far_above"]:
+        return (f"The gain of {gain} points is far above the {published}: a weak baseline may explain "
+                "much of it."), None
+    return None, f"the gain of {gain} points compares with {published}"
 
 
-def _overfit_check(history):
-    """The baseline near 100\\,\\% on its training batches while its test loss rises, or far
-    from it (under-fitting: too short a schedule)."""
-    if not history:
+def fit_words(fit):
+    """The baseline under-fitting (too short a schedule), over-fitting (near 100\\,\\% on its
+    training batches while its test loss rises), or neither, from its training curve."""
+    if fit is None:
         return None, None
-    last = history[-1]
-    low = min(history, key=lambda h: h["test_loss"])
-    if last["train_acc"] < UNDERFIT_TRAIN_ACC:
-        return (f"The baseline ends at only {pct(last['train_acc'], 1)}\\,\\% training accuracy "
-                f"after {last['epoch']} epochs: it under-fits, and a regulariser such as the improvement "
-                "is expected to cost accuracy until training is long enough to fit the data."), None
-    if last["train_acc"] >= OVERFIT_TRAIN_ACC and last["test_loss"] >= OVERFIT_LOSS_RISE * low["test_loss"]:
-        return (f"The baseline ends at {pct(last['train_acc'], 1)}\\,\\% training accuracy while its test "
-                f"loss rose from {low['test_loss']:.3f} (epoch {low['epoch']}) to {last['test_loss']:.3f}: "
+    acc = f"{pct(fit['train_acc'], 1)}\\,\\%"
+    if fit["verdict"] == "under":
+        return (f"The baseline ends at only {acc} training accuracy after {fit['epochs']} epochs: it "
+                "under-fits, and a regulariser such as the improvement is expected to cost accuracy until "
+                "training is long enough to fit the data."), None
+    if fit["verdict"] == "over":
+        return (f"The baseline ends at {acc} training accuracy while its test loss rose from "
+                f"{fit['lowest_test_loss']:.3f} (epoch {fit['lowest_epoch']}) to {fit['final_test_loss']:.3f}: "
                 "it over-fits, and the improvement may act as the regulariser the baseline lacks."), None
-    return None, (f"the baseline ends at {pct(last['train_acc'], 1)}\\,\\% training accuracy with a "
-                  f"final test loss of {last['test_loss']:.3f} (lowest {low['test_loss']:.3f})")
+    return None, (f"the baseline ends at {acc} training accuracy with a final test loss of "
+                  f"{fit['final_test_loss']:.3f} (lowest {fit['lowest_test_loss']:.3f})")
 
 
-def _best_final_check(cfg, role):
-    best, final = cfg.get("best_test_accuracy"), cfg.get("final_test_accuracy")
-    if best is None or final is None:
+def best_final_words(check, role):
+    if check is None:
         return None, None
-    if best - final >= BEST_FINAL_GAP:
-        return (f"The {role}'s best-on-test accuracy ({pct(best)}\\,\\% at epoch {cfg.get('best_epoch')}) "
-                f"is {100 * (best - final):.2f} points above its final one: which epoch is reported "
-                "matters."), None
-    return None, f"{100 * (best - final):.2f}"
+    if check["flagged"]:
+        return (f"The {role}'s best-on-test accuracy ({pct(check['best'])}\\,\\% at epoch "
+                f"{check['best_epoch']}) is {100 * check['gap']:.2f} points above its final one: which "
+                "epoch is reported matters."), None
+    return None, f"{100 * check['gap']:.2f}"
 
 
-def _ece_check(metrics, role):
-    ece = metrics.get("ece")
-    if ece is not None and ece > HIGH_ECE:
-        return (f"The {role}'s confidence is far from its accuracy (ECE {pct(ece, 1)}\\,\\%).",
-                f"{pct(ece, 1)}")
-    return None, None if ece is None else f"{pct(ece, 1)}"
+def ece_words(check, role):
+    if check["high"]:
+        return f"The {role}'s confidence is far from its accuracy (ECE {pct(check['ece'], 1)}\\,\\%).", None
+    return None, pct(check["ece"], 1)
 
 
-def recipe_check_sentence(data):
-    """Checks of the recipe from what the study has: the gain against the literature, over-fitting,
-    best-on-test against final, calibration. Warnings first, then the numbers of the checks passed."""
-    cmp, cfg_b, cfg_i = data["comparison"], data["base_config"], data["impr_config"]
-    warnings, notes = [], []
-    warn, note = _published_gain_check(cmp, cfg_b)
-    warnings.append(warn), notes.append(note)
-    warn, note = _overfit_check(data.get("base_history"))
-    warnings.append(warn), notes.append(note)
-    gaps = []
-    for cfg, role in ((cfg_b, "baseline"), (cfg_i, "improved model")):
-        warn, gap = _best_final_check(cfg, role)
-        warnings.append(warn), gaps.append(gap)
-    if all(gaps):
-        notes.append(f"best-on-test and final accuracies differ by {gaps[0]} and {gaps[1]} points")
-    eces = []
-    for metrics, role in ((data["base_metrics"], "baseline"), (data["impr_metrics"], "improved model")):
-        warn, ece = _ece_check(metrics, role)
-        warnings.append(warn), eces.append(ece)
-    if all(eces) and not any(w and "ECE" in w for w in warnings):
-        notes.append(f"ECE is {eces[0]}\\,\\% and {eces[1]}\\,\\%")
-    warnings, notes = [w for w in warnings if w], [n for n in notes if n]
+ROLES = (("baseline", "baseline"), ("improved", "improved model"))
+
+
+def recipe_check_sentence(checks):
+    """comparison.json's recipe_checks in words: warnings first, then the numbers of the checks
+    passed (the gain against the literature, over-fitting, best-on-test against final, calibration)."""
+    found = [published_gain_words(checks["published_gain"]), fit_words(checks["fit"])]
+    gaps = [best_final_words(checks["best_final"][side], role) for side, role in ROLES]
+    eces = [ece_words(checks["ece"][side], role) for side, role in ROLES]
+    warnings = [w for w, _ in found + gaps + eces if w]
+    notes = [n for _, n in found if n]
+    if all(n for _, n in gaps):
+        notes.append(f"best-on-test and final accuracies differ by {gaps[0][1]} and {gaps[1][1]} points")
+    if all(n for _, n in eces):
+        notes.append(f"ECE is {eces[0][1]}\\,\\% and {eces[1][1]}\\,\\%")
     checked = f"Checks of the recipe: {and_list(notes)}." if notes else ""
     return " ".join(warnings + [checked]).strip()
 
 
-def limitation_sentences(data):
-    cmp, cfg_b, cfg_i = data["comparison"], data["base_config"], data["impr_config"]
-    used = {data["base_metrics"].get("checkpoint"), data["impr_metrics"].get("checkpoint")}
-    k, changed = len(cmp["changed_values"]), changed_list(cmp["changed_values"])
-    seeds = data.get("seeds")
-    out = {
-        "LimitRecipe": recipe_check_sentence(data),
+def labels_limitation(config):
+    if re.match(r"CIFAR-100( |$)", dataset_name(config["dataset"])):  # a figure for CIFAR-100's test set
+        return ("High-confidence errors may include mislabelled images: about 5.85\\,\\% of the CIFAR-100 "
+                "test set (585 images) is mislabelled by the majority vote of human reviewers (Northcutt et "
+                "al., 2021), so a confident failure case is worth checking by eye.")
+    return ("High-confidence errors may include mislabelled or ambiguous test images; a confident failure "
+            "case is worth checking by eye before the model is blamed.")
+
+
+#### What a run's training was, or what an imported model leaves unknown
+
+def training_sentence(cfg, metrics, role):
+    """The paragraph on one model's training: evaluate.py's accuracy first (float32, the number
+    every later section uses), then what train.py saw per epoch; for an imported model, what is
+    known of its weights and that its recipe, curves and time are not."""
+    acc = f"{pct(metrics['test_accuracy'])}\\,\\% test accuracy (top-5 {pct(metrics['top5_accuracy'])}\\,\\%)"
+    imported = cfg.get("imported")
+    if imported:
+        return (f"{role} was trained elsewhere and imported from \\texttt{{{tex_escape(Path(imported['weights']).name)}}} "
+                f"(SHA-256 \\texttt{{{imported['sha256'][:12]}}}, {tex_escape(imported['found'])}; input "
+                f"normalisation: {tex_escape(imported['normalisation'])}): its training recipe, learning "
+                f"curves and training time are unknown here. On the test set it reaches {acc}.")
+    which = SHORT_CHECKPOINT.get(metrics.get("checkpoint"), "final")
+    s = (f"{role} reaches {acc} with its {which} weights (epoch {metrics.get('epoch')} of {cfg['epochs']}); "
+         f"during training its best test accuracy, {pct(cfg['best_test_accuracy'])}\\,\\%, came at epoch "
+         f"{cfg['best_epoch']}.")
+    if cfg.get("precision") == "bf16 autocast" and metrics.get("checkpoint") == "last" \
+            and round(cfg["final_test_accuracy"], 4) != round(metrics["test_accuracy"], 4):
+        s += (f" Training measured the test set under bf16 autocast ({pct(cfg['final_test_accuracy'])}\\,\\% "
+              "at the last epoch), evaluation in float32.")
+    return s + (f" Training and testing took {seconds_text(cfg.get('wall_seconds'))} on "
+                f"{tex_escape(cfg.get('device_name', 'n/a'))}, at {cfg.get('train_images_per_second', 0):.0f} "
+                "training images/s.")
+
+
+def trained_texts(data):
+    """The sentences on how two models trained here differ and what that leaves open."""
+    comparison, base_config, impr_config = data["comparison"], data["base_config"], data["impr_config"]
+    name = improvement_name(comparison["changed_values"])
+    used = {data["base_metrics"]["checkpoint"], data["impr_metrics"]["checkpoint"]}
+    k, changed = len(comparison["changed_values"]), changed_list(comparison["changed_values"])
+    seeds = data["seeds"]
+    several = seeds is not None and len(seeds["seeds"]) > 1
+    return {
+        "ImprovementName": name,
+        "ProseStudyLead": (f"We train {setting_text('arch', base_config['arch'])} from scratch on "
+                           f"{dataset_name(base_config['dataset'], base_config.get('num_classes'))} twice, as a "
+                           f"baseline and with {name},"),
+        "ProseSetupLead": (f"Both runs train on the same {base_config['n_train']} images and are tested on the "
+                           f"same {comparison['n_test']} images of {base_config['num_classes']} classes, with the "
+                           "settings of Table~\\ref{tab:config}; the shaded rows are the settings that differ."),
+        "ProseImprLead": (f"The improved model differs from the baseline in the shaded rows of "
+                          f"Table~\\ref{{tab:config}} ({changed})."),
+        "ProseCheckpoint": checkpoint_sentence(data["base_metrics"], data["impr_metrics"],
+                                               base_config, impr_config),
+        "ProseSeeds": seeds_sentence(base_config, impr_config, seeds),
+        "ProseChanged": changed_sentence(comparison),
+        "AbstractSeeds": (f"Each model was trained with {len(seeds['seeds'])} seeds; the analysis below uses "
+                          f"seed {base_config.get('seed')}." if several else "Each model was trained once (1 seed)."),
+        "ProseCode": code_sentence(base_config, impr_config),
+        "ProseConclusion": conclusion_sentence(comparison, name),
+        "LimitRecipe": recipe_check_sentence(comparison["recipe_checks"]),
         "LimitSeeds": (f"{len(seeds['seeds'])} training runs per model; the figures, cases and tests "
-                       f"analyse seed {cfg_b.get('seed')} only." if seeds and len(seeds["seeds"]) > 1 else
-                       f"One training run per model (seed {cfg_b.get('seed')}"
-                       + ("" if cfg_b.get("seed") == cfg_i.get("seed") else f" and {cfg_i.get('seed')}")
+                       f"analyse seed {base_config.get('seed')} only." if several else
+                       f"One training run per model (seed {base_config.get('seed')}"
+                       + ("" if base_config.get("seed") == impr_config.get("seed") else f" and {impr_config.get('seed')}")
                        + "): the spread between training runs is not measured, and a difference "
                          "no larger than that spread would be invisible here."),
         "LimitCheckpoint": ("Final-epoch weights for both models: no choice was made on the test set."
@@ -641,125 +549,77 @@ def limitation_sentences(data):
                                  "accuracies are optimistic." if used == {"best"}
                             else "The two models were evaluated with different checkpoints."),
         "LimitChanged": (f"{changed[:1].upper()}{changed[1:]} were changed together; the ablation "
-                         "separates them on one seed." if k > 1 and data.get("ablation") else
+                         "separates them on one seed." if k > 1 and data["ablation"] else
                          f"{changed[:1].upper()}{changed[1:]} were changed together, so this comparison "
                          "cannot separate their effects." if k > 1 else
                          f"Only {changed} changed." if k == 1 else
                          "The two configurations are identical."),
     }
-    if re.match(r"CIFAR-100( |$)", dataset_name(cfg_b["dataset"])):  # a figure for CIFAR-100's test set
-        out["LimitLabels"] = ("High-confidence errors may include mislabelled images: about 5.85\\,\\% of "
-                              "the CIFAR-100 test set (585 images) is mislabelled by the majority vote of "
-                              "human reviewers (Northcutt et al., 2021), so a confident failure case is "
-                              "worth checking by eye.")
-    else:
-        out["LimitLabels"] = ("High-confidence errors may include mislabelled or ambiguous test images; "
-                              "a confident failure case is worth checking by eye before the model is blamed.")
-    return out
 
 
-#### What a run's training was, or what an imported model leaves unknown
-
-def training_sentence(cfg, met, role):
-    """The paragraph on one model's training: evaluate.py's accuracy first (float32, the number
-    every later section uses), then what train.py saw per epoch; for an imported model, what is
-    known of its weights and that its recipe, curves and time are not."""
-    acc = f"{pct(met['test_accuracy'])}\\,\\% test accuracy (top-5 {pct(met['top5_accuracy'])}\\,\\%)"
-    imported = cfg.get("imported")
-    if imported:
-        return (f"{role} was trained elsewhere and imported from \\texttt{{{tex_escape(Path(imported['weights']).name)}}} "
-                f"(SHA-256 \\texttt{{{imported['sha256'][:12]}}}, {tex_escape(imported['found'])}; input "
-                f"normalisation: {tex_escape(imported['normalisation'])}): its training recipe, learning "
-                f"curves and training time are unknown here. On the test set it reaches {acc}.")
-    which = SHORT_CHECKPOINT.get(met.get("checkpoint"), "final")
-    s = (f"{role} reaches {acc} with its {which} weights (epoch {met.get('epoch')} of {cfg['epochs']}); "
-         f"during training its best test accuracy, {pct(cfg['best_test_accuracy'])}\\,\\%, came at epoch "
-         f"{cfg['best_epoch']}.")
-    if cfg.get("precision") == "bf16 autocast" and met.get("checkpoint") == "last" \
-            and round(cfg["final_test_accuracy"], 4) != round(met["test_accuracy"], 4):
-        s += (f" Training measured the test set under bf16 autocast ({pct(cfg['final_test_accuracy'])}\\,\\% "
-              "at the last epoch), evaluation in float32.")
-    return s + (f" Training and testing took {seconds_text(cfg.get('wall_seconds'))} on "
-                f"{tex_escape(cfg.get('device_name', 'n/a'))}, at {cfg.get('train_images_per_second', 0):.0f} "
-                "training images/s.")
-
-
-def imported_prose(data):
-    """The sentences about how the models were trained, rewritten when either was imported: they
-    say what this study cannot know instead of printing empty or invented values."""
-    cfg_b, cfg_i = data["base_config"], data["impr_config"]
-    which = and_list([r for r, c in (("baseline", cfg_b), ("improved model", cfg_i)) if c.get("imported")])
-    both = cfg_b.get("imported") and cfg_i.get("imported")
+def imported_texts(data):
+    """The same sentences when either model was imported: they say what this study cannot know
+    instead of printing empty or invented values."""
+    comparison, base_config, impr_config = data["comparison"], data["base_config"], data["impr_config"]
+    sides = (("baseline", base_config), ("improved model", impr_config))
+    which = and_list([role for role, config in sides if config.get("imported")])
+    both = base_config.get("imported") and impr_config.get("imported")
     subject = "both models were" if both else f"the {which} was"
-    commit = tex_escape(str(data["comparison"].get("git_commit", "unknown"))[:12])
+    whose = "Both models'" if both else f"The {which}'s"
+    theirs = "they are" if both else f"the {which}'s are"
+    commit = tex_escape(str(comparison["git_commit"] or "unknown")[:12])
+    checks = comparison["recipe_checks"]
     return {
         "ImprovementName": "an improved model, both imported" if both else f"an improved model ({which} imported)",
-        "ProseStudyLead": (f"We take a baseline and an improved {setting_text('arch', cfg_b['arch'])} for "
-                           f"{dataset_name(cfg_b['dataset'], cfg_b.get('num_classes'))} ({subject} trained "
+        "ProseStudyLead": (f"We take a baseline and an improved {setting_text('arch', base_config['arch'])} for "
+                           f"{dataset_name(base_config['dataset'], base_config.get('num_classes'))} ({subject} trained "
                            f"elsewhere and imported),"),
-        "ProseSetupLead": (f"Both models are tested on the same {cfg_b['n_test']} images of "
-                           f"{cfg_b['num_classes']} classes; {subject} trained elsewhere, so Table~\\ref{{tab:config}} "
+        "ProseSetupLead": (f"Both models are tested on the same {base_config['n_test']} images of "
+                           f"{base_config['num_classes']} classes; {subject} trained elsewhere, so Table~\\ref{{tab:config}} "
                            "shows what is known of them and no setting can be named as their difference."),
-        "ProseCode": (f"This analysis ran at commit \\texttt{{{commit}}}; the training code of the "
-                      f"imported {'models' if both else which} is unknown."),
+        "ProseImprLead": "",
+        "ProseCheckpoint": (f"Imported weights are evaluated as given: whether {theirs} final or "
+                            "best-on-test checkpoints is not known here."),
+        "ProseSeeds": "", "AbstractSeeds": "",
         "ProseChanged": ("What differs between the two models' training is unknown to this study: the "
                          "comparison below measures how they differ, not why."),
-        "ProseImprLead": "",
-        "ProseSeeds": "", "AbstractSeeds": "",
-        "ProseCheckpoint": (f"Imported weights are evaluated as given: whether "
-                            f"{'they are' if both else 'the ' + which + chr(39) + 's are'} final or "
-                            "best-on-test checkpoints is not known here."),
-        "LimitCheckpoint": (f"{'Both models' + chr(39) if both else 'The ' + which + chr(39) + 's'} weights were imported: whether "
-                            "their epoch was chosen on the test set, which would make the accuracy "
-                            "optimistic, is unknown."),
-        "LimitSeeds": ("One model per side: the spread between training runs is not measured, and a "
-                       "difference no larger than that spread would be invisible here."),
-        "LimitChanged": ("The models' training recipes are unknown, so the differences measured here "
-                         "cannot be attributed to a change of method."),
-        "ProseConclusion": conclusion_sentence(data["comparison"], "replacing the baseline by the improved model"),
+        "ProseCode": (f"This analysis ran at commit \\texttt{{{commit}}}; the training code of the imported "
+                      f"{'models' if both else which} is unknown."),
+        "ProseConclusion": conclusion_sentence(comparison, "replacing the baseline by the improved model"),
         "LimitRecipe": " ".join(
-            [w for w, _ in (_ece_check(data["base_metrics"], "baseline"),
-                            _ece_check(data["impr_metrics"], "improved model")) if w]
+            [w for w, _ in (ece_words(checks["ece"][side], role) for side, role in ROLES) if w]
             + ["Checks of the training recipe (the gain against published results, under- and "
                "over-fitting, best-on-test against final accuracy) need the recipe and learning curves "
                "that imported models lack."]),
+        "LimitSeeds": ("One model per side: the spread between training runs is not measured, and a "
+                       "difference no larger than that spread would be invisible here."),
+        "LimitCheckpoint": (f"{whose} weights were imported: whether their epoch was chosen on the test set, "
+                            "which would make the accuracy optimistic, is unknown."),
+        "LimitChanged": ("The models' training recipes are unknown, so the differences measured here "
+                         "cannot be attributed to a change of method."),
     }
 
 
 def prose(data):
-    cmp, failures = data["comparison"], data["failures"]
-    cfg_b, cfg_i = data["base_config"], data["impr_config"]
-    name = improvement_name(cmp["changed_values"])
-    text = {
-        "ProseStudyLead": (f"We train {setting_text('arch', cfg_b['arch'])} from scratch on "
-                           f"{dataset_name(cfg_b['dataset'], cfg_b.get('num_classes'))} twice, as a "
-                           f"baseline and with {name},"),
-        "ProseSetupLead": (f"Both runs train on the same {cfg_b['n_train']} images and are tested on the "
-                           f"same {cmp['n_test']} images of {cfg_b['num_classes']} classes, with the "
-                           "settings of Table~\\ref{tab:config}; the shaded rows are the settings that differ."),
-        "ProseImprLead": (f"The improved model differs from the baseline in the shaded rows of "
-                          f"Table~\\ref{{tab:config}} ({changed_list(cmp['changed_values'])})."),
-        "ProseBaseTraining": training_sentence(cfg_b, data["base_metrics"], "The baseline"),
-        "ProseImprTraining": training_sentence(cfg_i, data["impr_metrics"], "It" if not cfg_i.get("imported")
-                                               else "The improved model"),
-        "ProseAccuracy": accuracy_sentence(cmp), "ProseSignificance": significance_sentence(cmp),
-        "ProseHighConf": high_confidence_sentence(cmp), "ProseCalibration": calibration_sentence(cmp),
-        "ProseCorruptions": corruptions_sentence(cmp),
-        "ProseCheckpoint": checkpoint_sentence(data["base_metrics"], data["impr_metrics"], cfg_b, cfg_i),
-        "ProseSeeds": seeds_sentence(cfg_b, cfg_i, data.get("seeds")), "ProseChanged": changed_sentence(cmp),
-        "ProseAblation": ablation_sentence(data.get("ablation")),
-        "AbstractSeeds": (f"Each model was trained with {len(data['seeds']['seeds'])} seeds; the analysis "
-                          f"below uses seed {cfg_b.get('seed')}." if data.get("seeds") and len(data["seeds"]["seeds"]) > 1
-                          else "Each model was trained once (1 seed)."),
-        "ProseCode": code_sentence(cfg_b, cfg_i), "ProseSelection": selection_sentence(failures),
-        "ProsePerClass": per_class_sentence(cmp), "ProseCases": cases_sentence(cmp),
+    """Every text macro of the report: those that read the same for any two models, then those on
+    how the models were trained, from one of two branches (trained here, or imported)."""
+    comparison, failures = data["comparison"], data["failures"]
+    base_config, impr_config = data["base_config"], data["impr_config"]
+    imported = bool(base_config.get("imported") or impr_config.get("imported"))
+    return {
+        "ProseBaseTraining": training_sentence(base_config, data["base_metrics"], "The baseline"),
+        "ProseImprTraining": training_sentence(impr_config, data["impr_metrics"],
+                                               "The improved model" if impr_config.get("imported") else "It"),
+        "ProseAccuracy": accuracy_sentence(comparison), "ProseSignificance": significance_sentence(comparison),
+        "ProseHighConf": high_confidence_sentence(comparison), "ProseCalibration": calibration_sentence(comparison),
+        "ProseCorruptions": corruptions_sentence(comparison),
+        "ProseAblation": ablation_sentence(data["ablation"]),
+        "ProseSelection": selection_sentence(failures),
+        "ProsePerClass": per_class_sentence(comparison), "ProseCases": cases_sentence(comparison),
         "ProseErrors": errors_sentence(failures),
         "ProseGradcamReference": gradcam_reference_sentence(data["gradcam"]),
-        "ProseCoarseMaps": coarse_maps_sentence(data["gradcam"], tex_escape(cmp.get("gradcam_layer", ""))),
-        "ProseRandomisation": randomisation_sentence(data.get("faithfulness") or {}),
-        "ProseImprCurves": training_curves_sentence(cfg_i), "ProseConclusion": conclusion_sentence(cmp, name),
-        **limitation_sentences(data),
+        "ProseCoarseMaps": coarse_maps_sentence(data["gradcam"], tex_escape(comparison["gradcam_layer"] or "")),
+        "ProseRandomisation": randomisation_sentence(data["faithfulness"]),
+        "ProseImprCurves": training_curves_sentence(impr_config), "LimitLabels": labels_limitation(base_config),
+        **(imported_texts(data) if imported else trained_texts(data)),
     }
-    if cfg_b.get("imported") or cfg_i.get("imported"):
-        text.update(imported_prose(data))
-    return text

@@ -17,12 +17,11 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
-from prose import (SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name,
-                   code_resumes, dataset_name, improvement_name, p_tex, pct, prose, seconds_text,
-                   setting_text, signed, tex_escape)
+from prose import SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name, code_resumes, prose
 from settings import SETTINGS, label as setting_label, shown as setting_shown
-from study import (build_pdf, load_config, load_extras, load_gradcam, load_json, load_metrics,
-                   read_history, require_file, source_date, write_text)
+from study import (build_pdf, load_config, load_extras, load_gradcam, load_json, load_metrics, require_file,
+                   source_date, write_text)
+from tex import dataset_name, p_tex, pct, seconds_text, setting_text, signed, tex_escape
 
 TEMPLATE = Path(__file__).resolve().parent / "report.tex"
 MAX_PAGES = 6
@@ -36,7 +35,7 @@ INPUTS = {
     "base_metrics": "baseline/metrics.json",
     "impr_config": "improved/config.json", "impr_curves": "improved/curves.png",
     "impr_metrics": "improved/metrics.json",
-    "base_history": "baseline/history.csv", "failures": "baseline/failures.json",
+    "failures": "baseline/failures.json",
     "failures_png": "baseline/failures.png", "gradcam_png": "baseline/gradcam.png",
     "gradcam": "baseline/gradcam.json", "comparison": "compare/comparison.json",
     **{f"cmp_{s}": f"compare/{s}.pdf" for s in ("confidence", "high_confidence", "per_class", "gradcam_compare")},
@@ -63,14 +62,13 @@ def load_study(study):
     for side, run in RUNS.items():
         data[f"{side}_config"] = load_config(study / run, study)
         if data[f"{side}_config"].get("imported"):  # no training history: curves absent, not missing
-            paths = {k: p for k, p in paths.items() if k not in (f"{side}_curves", f"{side}_history")}
+            paths.pop(f"{side}_curves")
     for path in paths.values():
         require_file(path, study)
     data.update({f"{side}_metrics": load_metrics(study / run, study) for side, run in RUNS.items()})
     data["failures"] = load_json(paths["failures"], study, "failures")
     data["comparison"] = cmp = load_json(paths["comparison"], study, "comparison")
-    data["base_history"] = read_history(paths["base_history"]) if "base_history" in paths else None
-    for stem in cmp.get("figures", []):
+    for stem in cmp["figures"] or []:
         if stem in OPTIONAL_FIGURES:
             paths[f"cmp_{stem}"] = study / "compare" / f"{stem}.pdf"
             require_file(paths[f"cmp_{stem}"], study)
@@ -93,15 +91,14 @@ def macros(data, figures, study_name):
     cmp, failures, cfg_b = data["comparison"], data["failures"], data["base_config"]
     m = {"StudyName": tex_escape(study_name), "ArchName": setting_text("arch", cfg_b["arch"]),
          "DatasetName": dataset_name(cfg_b["dataset"], cfg_b.get("num_classes")),
-         "ImprovementName": improvement_name(cmp["changed_values"]),
          "ChangedList": changed_list(cmp["changed_values"]), "NumChanged": str(len(cmp["changed_values"])),
          "NumClasses": str(cfg_b["num_classes"]),
-         "NumTest": str(cmp["n_test"]), "CamLayer": tex_escape(cmp.get("gradcam_layer", "")),
+         "NumTest": str(cmp["n_test"]), "CamLayer": tex_escape(cmp["gradcam_layer"] or ""),
          "NumCases": str(len(failures["cases"])),
          "NumCasesFixed": str(sum(c["fixed"] for c in cmp["cases"] or [])),
          "AccDiff": signed(cmp["accuracy_difference"]), "CILow": signed(cmp["bootstrap_ci95"][0]),
          "CIHigh": signed(cmp["bootstrap_ci95"][1]), "BootstrapResamples": str(cmp["bootstrap"]["resamples"]),
-         "McNemarP": p_tex(cmp["mcnemar_p"]), "GitCommit": tex_escape(cmp.get("git_commit", "unknown")),
+         "McNemarP": p_tex(cmp["mcnemar_p"]), "GitCommit": tex_escape(cmp["git_commit"] or "unknown"),
          # Synthetic images come with the object's box, which gradcam.py draws.
          "BoxNote": "The dashed box marks the object." if cfg_b["dataset"] == "synthetic" else ""}
     for key in ("corrected", "worsened", "both_wrong", "both_right"):
@@ -196,19 +193,19 @@ def high_confidence_table(cmp):
 
 def evidence_text(ev):
     def one(name, s):
-        if s.get("empty"):
+        if s["empty"]:
             return f"{name}: empty map"
-        where = f"{pct(s['centre_mass'], 0)}\\,\\% central" if s.get("centre_mass") is not None else "n/a"
-        if "peak_in_box" in s:
+        where = f"{pct(s['centre_mass'], 0)}\\,\\% central" if s["centre_mass"] is not None else "n/a"
+        if s["peak_in_box"] is not None:  # measured only where the dataset knows the object's box
             where += ", peak " + ("on" if s["peak_in_box"] else "off") + " object"
         return f"{name}: {where}"
-    r = ev.get("pred_true_correlation")
+    r = ev["pred_true_correlation"]
     corr = "$r$ n/a" if r is None else f"$r={r:.2f}$"
     return f"{one('pred.', ev['pred'])}; {one('true', ev['true'])}; {corr}"
 
 
 def cases_table(failures, gradcam, cmp):
-    later = {c["index"]: c for c in cmp.get("cases") or []}
+    later = {c["index"]: c for c in cmp["cases"] or []}
     lines = [r"\begin{tabularx}{\linewidth}{@{}r>{\raggedright\arraybackslash}p{0.25\linewidth}rr"
              r">{\raggedright\arraybackslash}X>{\raggedright\arraybackslash}p{0.15\linewidth}@{}}",
              r"\toprule",

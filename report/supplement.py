@@ -17,8 +17,9 @@ if __name__ == "__main__":  # run as a script: common.py is in the repository's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
 from contract import checkpoint_words
-from prose import changed_list, p_tex, pct, signed, tex_escape
+from prose import changed_list
 from study import build_pdf, load_config, load_extras, load_json, require_file, source_date, write_text
+from tex import p_tex, pct, signed, tex_escape
 
 TEMPLATE = Path(__file__).resolve().parent / "supplement.tex"
 MODELS = ("baseline", "improved")
@@ -71,8 +72,8 @@ model & Grad-CAM & random & better & Grad-CAM & random & better \\\midrule
 
 
 def corruption_section(cmp):
-    c = cmp.get("corruptions")
-    if not c:
+    c = cmp["corruptions"]
+    if c is None:
         return "\\section{Corruptions}\nNo corruption grids: run corruptions.py on both models.\n"
     rows = "\n".join(f"{tex_escape(r['name'].replace('_', ' '))} & {pct(r['baseline'])} & {pct(r['improved'])} & "
                      f"{signed(r['difference'])} \\\\" for r in c["per_corruption"])
@@ -116,12 +117,12 @@ def suspects_fixed_threshold_text(sus):
 
 
 def suspects_section(cmp, study, report_dir):
-    sus = cmp.get("label_error_suspects")
-    if not sus:
+    sus = cmp["label_error_suspects"]
+    if sus is None:
         return ""
-    text = "\\section{Possible label errors}\n" + (suspects_rule_text(sus) if "rule" in sus
+    text = "\\section{Possible label errors}\n" + (suspects_rule_text(sus) if sus["rule"] is not None
                                                    else suspects_fixed_threshold_text(sus))
-    if sus.get("figure"):
+    if sus["figure"]:
         path = os.path.relpath(study / "compare" / f"{sus['figure']}.png", report_dir)
         text += f"\n\\begin{{center}}\\includegraphics[width=\\linewidth]{{{path}}}\\end{{center}}\n"
     return text
@@ -166,7 +167,7 @@ def run(args):
     report_dir.mkdir(parents=True, exist_ok=True)
     body = (faithfulness_section(study.resolve(), faith, configs, report_dir.resolve())
             + corruption_section(cmp) + suspects_section(cmp, study.resolve(), report_dir.resolve())
-            + seeds_and_ablation_section(extra.get("seeds"), extra.get("ablation")))
+            + seeds_and_ablation_section(extra["seeds"], extra["ablation"]))
     if not TEMPLATE.is_file():
         raise UserError(f"the LaTeX source {TEMPLATE} is missing; restore it from git")
     write_text(report_dir / "supplement-body.tex", body)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import compare
+import shapes
 import supplement
 
 N, C = 2000, 10
@@ -142,18 +143,23 @@ def test_a_single_class_has_no_suspects():
 
 #### The supplement's wording
 
+def read(comparison):
+    """A partial comparison.json as report/study.py hands it on: optional keys null if absent."""
+    return shapes.filled(comparison, shapes.COMPARISON)
+
+
 def test_supplement_names_the_rule_and_the_thresholds(tmp_path):
     found = suspects(A, A, LABELS)
-    text = supplement.suspects_section({"label_error_suspects": found}, tmp_path, tmp_path)
+    text = supplement.suspects_section(read({"label_error_suspects": found}), tmp_path, tmp_path)
     assert "3 test images" in text and "confident learning" in text and "check by eye" in text
     assert "0.417 to 0.7" in text  # each model's range of per-class thresholds
     none = suspects(A[:, :1] * 0 + 1, A[:, :1] * 0 + 1, np.zeros(8, int))
-    assert "No test image" in supplement.suspects_section({"label_error_suspects": none}, tmp_path, tmp_path)
+    assert "No test image" in supplement.suspects_section(read({"label_error_suspects": none}), tmp_path, tmp_path)
 
 
 def test_supplement_reads_a_comparison_from_before_the_rule(tmp_path):
     old = {"threshold": 0.9, "count": 2, "share": 0.2, "suspects": []}
-    text = supplement.suspects_section({"label_error_suspects": old}, tmp_path, tmp_path)
+    text = supplement.suspects_section(read({"label_error_suspects": old}), tmp_path, tmp_path)
     assert "at least 0.9 sure" in text and "check by eye" in text
 
 

@@ -5,6 +5,7 @@ step re-runs both in make. Shared code lives in modules of its own (common.py, c
 corrupt.py, cam.py, hypotheses.py, ...). report/ is not checked here.
 """
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,46 @@ def test_no_shared_module_imports_a_step():
     for path in shared:
         steps = sorted(imported_modules(path.read_text()) & set(STEPS))
         assert not steps, f"{path.name} imports the step(s) {steps}"
+
+
+# The Makefile's dependency list of each step: the script and every project module it imports,
+# directly or through another module, so that editing any of them re-runs the step (training
+# excepted: the Makefile keeps a finished training when code changes, on purpose).
+MAKE_LISTS = {"EVALUATE": "evaluate.py", "FAILURES": "failures.py", "GRADCAM": "gradcam.py",
+              "CORRUPTIONS": "corruptions.py", "FAITHFULNESS": "faithfulness.py", "COMPARE": "compare.py",
+              "REPORT": "report/report.py", "SUPPLEMENT": "report/supplement.py"}
+
+
+def project_modules():
+    """Module name -> path of every Python module a script can import from the root or report/."""
+    return {p.stem: p.relative_to(ROOT).as_posix() for d in (ROOT, ROOT / "report") for p in d.glob("*.py")}
+
+
+def imported_closure(script, modules):
+    """The project modules `script` imports, directly or through one another, with itself."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += [modules[m] for m in imported_modules((ROOT / path).read_text()) if m in modules]
+    return seen
+
+
+def make_list(makefile, name):
+    """The Python files in one of the Makefile's dependency variables, $(...) references expanded."""
+    value = re.search(rf"^{name} := (.*)$", makefile, re.M).group(1).split()
+    out = set()
+    for item in value:
+        ref = re.fullmatch(r"\$\((\w+)\)", item)
+        out |= make_list(makefile, ref.group(1)) if ref else {item} if item.endswith(".py") else set()
+    return out
+
+
+@pytest.mark.parametrize("name", MAKE_LISTS)
+def test_the_makefile_dependency_lists_follow_the_imports(name):
+    makefile, modules = (ROOT / "Makefile").read_text(), project_modules()
+    needed, listed = imported_closure(MAKE_LISTS[name], modules), make_list(makefile, name)
+    assert needed <= listed, f"{name} lacks {sorted(needed - listed)}, which {MAKE_LISTS[name]} imports"
+    if name != "SUPPLEMENT":  # it includes $(REPORT) whole: the report's PDF goes into the supplement
+        assert listed <= needed, f"{name} lists {sorted(listed - needed)}, which {MAKE_LISTS[name]} does not import"

@@ -1,7 +1,15 @@
 """prose.py's sentences read as English for every count (0, 1, many) and sign (-, 0, +)."""
 import pytest
 
+import judgements
 import prose
+import shapes
+import tex
+
+
+def read(kind, data):
+    """data as report/study.py hands it to prose.py: each optional key of its kind present, null if absent."""
+    return shapes.filled(data, shapes.SHAPES[kind])
 
 
 def plus(text):
@@ -17,14 +25,14 @@ def plus(text):
     (1e-17, 2, "0.00"), (-1e-17, 1, "0.0"),  # float noise: an unsigned zero, never -0.00
 ])
 def test_signed_never_prints_a_signed_zero(x, digits, text):
-    assert prose.signed(x, digits) == plus(text)
+    assert tex.signed(x, digits) == plus(text)
 
 
 def test_count_and_list():
-    assert [prose.count(n, "class", "classes") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
-    assert prose.count(1, "test image") == "1 test image" and prose.count(3, "error") == "3 errors"
-    assert prose.and_list(["a"]) == "a" and prose.and_list(["a", "b"]) == "a and b"
-    assert prose.and_list(["a", "b", "c"]) == "a, b and c"
+    assert [tex.count(n, "class", "classes") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
+    assert tex.count(1, "test image") == "1 test image" and tex.count(3, "error") == "3 errors"
+    assert tex.and_list(["a"]) == "a" and tex.and_list(["a", "b"]) == "a and b"
+    assert tex.and_list(["a", "b", "c"]) == "a, b and c"
 
 
 #### Accuracy and significance
@@ -35,7 +43,7 @@ def accuracy(d, lo, hi, n=1000, acc_b=0.6):
 
 
 def test_accuracy_sentence_for_a_positive_difference():
-    assert prose.accuracy_sentence(accuracy(0.15, 0.12, 0.18)) == (
+    assert prose.accuracy_sentence(read("comparison.json", accuracy(0.15, 0.12, 0.18))) == (
         r"The improved model is more accurate than the baseline on the 1000 test images: "
         r"75.00\,\% against 60.00\,\% (\ensuremath{+15.00} points); the paired bootstrap 95\,\% "
         r"interval of the difference, [\ensuremath{+12.00}, \ensuremath{+18.00}] points, "
@@ -43,15 +51,15 @@ def test_accuracy_sentence_for_a_positive_difference():
 
 
 def test_accuracy_sentence_for_negative_zero_and_tiny_differences():
-    worse = prose.accuracy_sentence(accuracy(-0.01, -0.03, -0.002))
+    worse = prose.accuracy_sentence(read("comparison.json", accuracy(-0.01, -0.03, -0.002)))
     assert "is less accurate than" in worse and r"(\ensuremath{-1.00} points)" in worse
     assert r"[\ensuremath{-3.00}, \ensuremath{-0.20}] points, lies entirely below zero." in worse
-    same = prose.accuracy_sentence(accuracy(0.0, -0.01, 0.01))
+    same = prose.accuracy_sentence(read("comparison.json", accuracy(0.0, -0.01, 0.01)))
     assert "is exactly as accurate as" in same and r"(\ensuremath{0.00} points)" in same
     assert "points, includes zero, so the data are also compatible with no difference." in same
-    one_image = prose.accuracy_sentence(accuracy(0.00004, -0.0004, 0.0005, n=25000))
+    one_image = prose.accuracy_sentence(read("comparison.json", accuracy(0.00004, -0.0004, 0.0005, n=25000)))
     assert "more accurate than" in one_image and r"(\ensuremath{+0.004} points)" in one_image
-    assert "on the 1 test image:" in prose.accuracy_sentence(accuracy(0.0, 0.0, 0.0, n=1))
+    assert "on the 1 test image:" in prose.accuracy_sentence(read("comparison.json", accuracy(0.0, 0.0, 0.0, n=1)))
     assert not any(" is includes" in s or " is lies" in s for s in (worse, same, one_image))
 
 
@@ -62,15 +70,15 @@ def test_accuracy_sentence_for_negative_zero_and_tiny_differences():
     (12, 3, "corrects 12 baseline errors and introduces 3 new ones"),
 ])
 def test_significance_sentence_counts(c, w, text):
-    s = prose.significance_sentence({"mcnemar_p": 0.5, "corrected": c, "worsened": w})
+    s = prose.significance_sentence(read("comparison.json", {"mcnemar_p": 0.5, "corrected": c, "worsened": w}))
     assert f"the improved model {text}; McNemar's exact test gives $p = 0.50$, not below 0.05" in s
 
 
 @pytest.mark.parametrize("errors, text", [(0, "0 errors"), (1, "1 error"), (3, "3 errors")])
 def test_high_confidence_sentence_counts_errors_shared_by_both(errors, text):
     cmp = {"high_confidence_errors": [{"threshold": 0.9, "baseline": 1, "improved": 1}],
-           "corrected": 0, "worsened": 0, "both_wrong": errors, "n_test": 10}
-    assert prose.high_confidence_sentence(cmp).endswith(
+           "corrected": 0, "worsened": 0, "both_wrong": errors, "n_test": 10, "changed_values": {}, "per_class": []}
+    assert prose.high_confidence_sentence(read("comparison.json", cmp)).endswith(
         f"stayed at 1 (of 10 test images), with {text} at any confidence for both.")
 
 
@@ -84,7 +92,7 @@ def test_a_threshold_at_label_smoothings_cap_is_said_to_count_targets(smoothing,
            "per_class": [{"class": k} for k in range(n_classes)],
            "changed_values": {"label_smoothing": {"baseline": 0.0, "improved": smoothing}},
            **accuracy(-0.015, -0.02, -0.01), "mcnemar_p": 0.01}
-    text, end = prose.high_confidence_sentence(cmp), prose.conclusion_sentence(cmp, "x")
+    text, end = prose.high_confidence_sentence(read("comparison.json", cmp)), prose.conclusion_sentence(read("comparison.json", cmp), "x")
     if cap:
         assert f"Label smoothing 0.1 trains the improved model towards a top-class probability of {cap}" in text
         assert end.endswith(f"(40 $\\to$ 1), a threshold near the {cap} that label smoothing trains the "
@@ -107,8 +115,8 @@ def calibration(ece_b, ece_i):
     (0.040001, 0.040004, r"stayed the same: 4.00\,\% for the baseline, 4.00\,\% for"),  # as printed
 ])
 def test_calibration_sentence_direction_follows_the_printed_numbers(ece_b, ece_i, text):
-    assert f"(15 bins, top label) {text} the improved model" in prose.calibration_sentence(
-        calibration(ece_b, ece_i))
+    assert f"(15 bins, top label) {text} the improved model" in prose.calibration_sentence(read("comparison.json", 
+        calibration(ece_b, ece_i)))
 
 
 def corruptions(names, severities, n, mce_b, mce_i, helps=(), hurts=()):
@@ -118,16 +126,16 @@ def corruptions(names, severities, n, mce_b, mce_i, helps=(), hurts=()):
 
 
 def test_corruptions_sentence_for_one_and_many():
-    one = prose.corruptions_sentence(corruptions(["fog"], [3], 1, 0.5, 0.6, hurts=["fog"]))
+    one = prose.corruptions_sentence(read("comparison.json", corruptions(["fog"], [3], 1, 0.5, 0.6, hurts=["fog"])))
     assert one == (r"Under 1 synthetic corruption at severity 3 (1 test image), the mean corruption "
                    r"error rose: 50.00\,\% for the baseline, 60.00\,\% for the improved model; it "
                    r"hurts most against fog.")
-    many = prose.corruptions_sentence(corruptions(["fog", "gaussian_noise"], [1, 2, 3, 4, 5], 100,
-                                                  0.6, 0.5, helps=["gaussian_noise"]))
+    many = prose.corruptions_sentence(read("comparison.json", corruptions(["fog", "gaussian_noise"], [1, 2, 3, 4, 5], 100,
+                                                  0.6, 0.5, helps=["gaussian_noise"])))
     assert many.startswith("Under 2 synthetic corruptions at severities 1--5 (100 test images), "
                            "the mean corruption error fell:")
     assert many.endswith("; the change helps most against gaussian noise.")
-    same = prose.corruptions_sentence(corruptions(["fog"], [1, 2], 10, 0.500001, 0.500004))
+    same = prose.corruptions_sentence(read("comparison.json", corruptions(["fog"], [1, 2], 10, 0.500001, 0.500004)))
     assert r"error stayed the same: 50.00\,\% for the baseline, 50.00\,\%" in same
 
 
@@ -144,7 +152,7 @@ def per_class(changes, names=None):
 
 def test_per_class_sentence_for_many_gains_and_one_loss():
     cmp = per_class([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, -0.02, 0.0, 0.0])
-    assert prose.per_class_sentence(cmp) == (
+    assert prose.per_class_sentence(read("comparison.json", cmp)) == (
         r"Of the 10 classes, 7 gain accuracy, 1 loses and 2 are unchanged; the largest gains "
         r"(points) are c6 (\ensuremath{+7.0}), c5 (\ensuremath{+6.0}) and c4 (\ensuremath{+5.0}); "
         r"the only loss is c7 (\ensuremath{-2.0}).")
@@ -152,16 +160,16 @@ def test_per_class_sentence_for_many_gains_and_one_loss():
 
 def test_per_class_sentence_for_no_gain_and_all_losses_listed():
     cmp = per_class([0.0, 0.0, -0.01, -0.02], names=["a", "b", "aquarium_fish", "d"])
-    assert prose.per_class_sentence(cmp) == (
+    assert prose.per_class_sentence(read("comparison.json", cmp)) == (
         r"Of the 4 classes, none gain accuracy, 2 lose and 2 are unchanged; the losses (points) "
         r"are d (\ensuremath{-2.0}) and aquarium\_fish (\ensuremath{-1.0}).")
 
 
 def test_per_class_sentence_for_one_gain_and_nothing_else():
-    assert prose.per_class_sentence(per_class([0.01, 0.0])) == (
+    assert prose.per_class_sentence(read("comparison.json", per_class([0.01, 0.0]))) == (
         r"Of the 2 classes, 1 gains accuracy, none lose and 1 is unchanged; the only gain "
         r"(points) is c0 (\ensuremath{+1.0}).")
-    assert prose.per_class_sentence(per_class([0.0])) == (
+    assert prose.per_class_sentence(read("comparison.json", per_class([0.0]))) == (
         "Of the 1 class, none gain accuracy, none lose and 1 is unchanged.")
 
 
@@ -180,8 +188,8 @@ def case(index, fixed):
                            r"them correctly; still wrong: \#0 (t0 $\to$ p0), \#2 (t2 $\to$ p2)."),
 ])
 def test_cases_sentence_counts(fixed, text):
-    assert prose.cases_sentence({"cases": [case(k, f) for k, f in enumerate(fixed)]}) == text
-    assert prose.cases_sentence({"cases": []}) == ""
+    assert prose.cases_sentence(read("comparison.json", {"cases": [case(k, f) for k, f in enumerate(fixed)]})) == text
+    assert prose.cases_sentence(read("comparison.json", {"cases": []})) == ""
 
 
 #### Failures and seeds
@@ -189,9 +197,9 @@ def test_cases_sentence_counts(fixed, text):
 @pytest.mark.parametrize("n, text", [(1, "1 case"), (4, "4 cases")])
 def test_selection_sentence_counts(n, text):
     analyst = {"cases": [{}] * n, "selection": {"source": "analyst"}}
-    assert prose.selection_sentence(analyst).startswith(f"An analyst chose the {text} (their")
+    assert prose.selection_sentence(read("failures.json", analyst)).startswith(f"An analyst chose the {text} (their")
     auto = {"cases": [{}] * n, "selection": {"source": "auto", "rule": "top_k"}}
-    assert prose.selection_sentence(auto) == (
+    assert prose.selection_sentence(read("failures.json", auto)) == (
         rf"We select {n} distinct {text.split()[1]} among the most confident errors (rule: top\_k).")
 
 
@@ -199,7 +207,7 @@ def test_selection_sentence_counts(n, text):
 def test_errors_sentence_counts(pair_count, text):
     summary = {"n_errors": 1, "n_test": 10, "errors_at_confidence": {"0.9": 1, "0.5": 1},
                "confused_pairs": [{"true_name": "cat", "pred_name": "dog", "count": pair_count}]}
-    assert prose.errors_sentence({"summary": summary}) == (
+    assert prose.errors_sentence(read("failures.json", {"summary": summary})) == (
         r"The baseline misclassifies 1 of 10 test images (1 at confidence $\geq$ 0.5, 1 at "
         rf"confidence $\geq$ 0.9); its most frequent confusion is cat $\to$ dog ({text}).")
 
@@ -217,13 +225,12 @@ def test_seeds_sentence_signs_the_mean_difference(mean, text):
 
 def recipe_data(gain=0.02, dataset="cifar100", cutmix=0.5, train_acc=0.95, losses=(1.0, 0.8, 0.9),
                 best_final=((0.70, 0.70), (0.72, 0.72)), eces=(0.03, 0.02)):
+    """comparison.json's recipe_checks as compare.py makes them (judgements.py) for these runs."""
     history = [{"epoch": e + 1, "train_acc": train_acc, "test_loss": loss} for e, loss in enumerate(losses)]
-    cfgs = [{"dataset": dataset, "num_classes": 100, "best_test_accuracy": b, "final_test_accuracy": f,
-             "best_epoch": 2} for b, f in best_final]
-    return {"comparison": {"accuracy_difference": gain,
-                           "changed_values": {"cutmix_prob": {"baseline": 0.0, "improved": cutmix}}},
-            "base_config": cfgs[0], "impr_config": cfgs[1], "base_history": history,
-            "base_metrics": {"ece": eces[0]}, "impr_metrics": {"ece": eces[1]}}
+    base, impr = ({"config": {"dataset": dataset, "num_classes": 100, "best_test_accuracy": b,
+                              "final_test_accuracy": f, "best_epoch": 2},
+                   "metrics": {"ece": ece}, "history": history} for (b, f), ece in zip(best_final, eces))
+    return judgements.recipe_checks(base, impr, gain, {"cutmix_prob": {"baseline": 0.0, "improved": cutmix}})
 
 
 def test_recipe_checks_that_pass_print_their_numbers():
@@ -270,7 +277,7 @@ def test_best_on_test_gap_and_high_ece_are_flagged_per_model():
     ([8, 8], r"are 8$\times$8, upsampled to 32$\times$32; they are scaled per image")])
 def test_coarse_maps_sentence_says_how_coarse(size, expected):
     explained = {"reference": {"map_size": size, "image_size": [32, 32]}}
-    assert expected in prose.coarse_maps_sentence(explained, "layer4")
+    assert expected in prose.coarse_maps_sentence(read("gradcam.json", explained), "layer4")
 
 
 def faith(*means):
@@ -286,7 +293,7 @@ def test_randomisation_sentence_passes_fails_or_is_absent():
     text = prose.randomisation_sentence(faith((0.05, 0.1, 0.1), (0.7, 0.6, 0.5)))
     assert text.endswith("the maps stay close to the trained ones, so they may reflect the image "
                          "more than what the networks learned.")
-    assert prose.randomisation_sentence({}) == ""
+    assert prose.randomisation_sentence(None) == ""
     assert prose.randomisation_sentence(faith((None, 0.1, 0.1), (0.1, 0.1, 0.1))) == ""
 
 
@@ -299,7 +306,7 @@ def test_an_underfitting_baseline_is_flagged():
 def test_corruptions_sentence_names_the_published_files():
     c = {"mean_corruption_error": {"baseline": 0.3, "improved": 0.25}, "severities": [1, 5], "n": 100,
          "corruptions": ["fog", "frost"], "helps_most": ["fog"], "hurts_most": []}
-    assert "Under 2 synthetic corruptions at severities 1--5" in prose.corruptions_sentence({"corruptions": c})
+    assert "Under 2 synthetic corruptions at severities 1--5" in prose.corruptions_sentence(read("comparison.json", {"corruptions": c}))
     c["source"] = "cifar-c"
-    text = prose.corruptions_sentence({"corruptions": c})
+    text = prose.corruptions_sentence(read("comparison.json", {"corruptions": c}))
     assert "Under 2 corruptions of the published CIFAR-C files at severities 1--5 (100 test images)" in text

@@ -17,7 +17,9 @@ import pytest
 
 import prose
 import report
+import shapes
 import supplement
+import tex
 from study import LATEX_PACKAGES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,11 +61,11 @@ def pdf_pages(build_dir):
     ("日", "?"),
 ])
 def test_tex_escape(text, expected):
-    assert prose.tex_escape(text) == expected
+    assert tex.tex_escape(text) == expected
 
 
 def test_escaped_text_has_no_unescaped_specials():
-    out = prose.tex_escape(SPECIAL_HYPOTHESIS)
+    out = tex.tex_escape(SPECIAL_HYPOTHESIS)
     stripped = re.sub(r"\\[a-zA-Z]+\{\}|\\ensuremath\{\\geq\}|\\[&%$#_{}]", "", out)
     assert not set(stripped) & set("&%$#_{}~^\\")
 
@@ -71,7 +73,7 @@ def test_escaped_text_has_no_unescaped_specials():
 def comparison(acc_b, acc_i, corrected, worsened, ci, p, hc_b, hc_i, mean_b=0.8, mean_i=0.7):
     n = 1000
     both_wrong = round(n * (1 - acc_b)) - corrected
-    return {"n_test": n, "accuracy_baseline": acc_b, "accuracy_improved": acc_i,
+    return read({"n_test": n, "accuracy_baseline": acc_b, "accuracy_improved": acc_i,
             "accuracy_difference": round(acc_i - acc_b, 6), "bootstrap_ci95": ci, "mcnemar_p": p,
             "corrected": corrected, "worsened": worsened, "both_wrong": both_wrong,
             "both_right": n - corrected - worsened - both_wrong,
@@ -80,7 +82,12 @@ def comparison(acc_b, acc_i, corrected, worsened, ci, p, hc_b, hc_i, mean_b=0.8,
             "confidence": {"baseline": {"correct": {"mean": mean_b}},
                            "improved": {"correct": {"mean": mean_i}}},
             "changed_values": {"cutmix_prob": {"baseline": 0.0, "improved": 0.5},
-                               "label_smoothing": {"baseline": 0.0, "improved": 0.1}}}
+                               "label_smoothing": {"baseline": 0.0, "improved": 0.1}}, "per_class": []})
+
+
+def read(data):
+    """A partial comparison.json as report/study.py hands it to prose.py: optional keys null if absent."""
+    return shapes.filled(data, shapes.COMPARISON)
 
 
 BETTER = comparison(0.60, 0.75, 200, 50, [0.12, 0.18], 1e-30, 40, 10)
@@ -114,28 +121,28 @@ def test_prose_follows_the_numbers():
 def test_optional_sections_follow_the_numbers():
     cal = {"n_bins": 15, "baseline": {"ece": 0.10, "nll": 1.5, "brier": 0.5},
            "improved": {"ece": 0.04, "nll": 1.2, "brier": 0.4}}
-    assert "fell" in prose.calibration_sentence({"calibration": cal})
-    swapped = {"calibration": dict(cal, baseline=cal["improved"], improved=cal["baseline"])}
-    assert "rose" in prose.calibration_sentence(swapped) and prose.calibration_sentence({}) == ""
+    assert "fell" in prose.calibration_sentence(read({"calibration": cal}))
+    swapped = read({"calibration": dict(cal, baseline=cal["improved"], improved=cal["baseline"])})
+    assert "rose" in prose.calibration_sentence(swapped) and prose.calibration_sentence(read({})) == ""
     cor = {"corruptions": ["fog", "gaussian_noise"], "severities": [1, 2, 3, 4, 5], "n": 100,
            "mean_corruption_error": {"baseline": 0.5, "improved": 0.6}, "helps_most": [],
            "hurts_most": ["gaussian_noise"]}
-    s = prose.corruptions_sentence({"corruptions": cor})
+    s = prose.corruptions_sentence(read({"corruptions": cor}))
     assert "rose" in s and "gaussian noise" in s and "helps" not in s
-    assert prose.corruptions_sentence({"corruptions": None}) == ""
+    assert prose.corruptions_sentence(read({"corruptions": None})) == ""
     cases = [{"index": 1, "true_name": "a_b", "improved_pred_name": "c", "fixed": True},
              {"index": 2, "true_name": "d", "improved_pred_name": "e", "fixed": False}]
-    some = prose.cases_sentence({"cases": cases})
+    some = prose.cases_sentence(read({"cases": cases}))
     assert "1 of them" in some and r"\#2 (d" in some
-    assert "none of them" in prose.cases_sentence({"cases": [dict(c, fixed=False) for c in cases]})
-    assert "classifies the one baseline failure case correctly" in prose.cases_sentence({"cases": cases[:1]})
+    assert "none of them" in prose.cases_sentence(read({"cases": [dict(c, fixed=False) for c in cases]}))
+    assert "classifies the one baseline failure case correctly" in prose.cases_sentence(read({"cases": cases[:1]}))
 
 
 def test_p_value_never_rounds_across_the_threshold():
-    assert float(re.search(r"= ([\d.]+)", prose.p_tex(0.049996)).group(1)) < 0.05
-    assert float(re.search(r"= ([\d.]+)", prose.p_tex(0.05)).group(1)) == 0.05
-    assert prose.p_tex(0.0) == r"$p < 10^{-300}$"
-    assert prose.p_tex(4.03e-101) == r"$p = 4.0\times 10^{-101}$"
+    assert float(re.search(r"= ([\d.]+)", tex.p_tex(0.049996)).group(1)) < 0.05
+    assert float(re.search(r"= ([\d.]+)", tex.p_tex(0.05)).group(1)) == 0.05
+    assert tex.p_tex(0.0) == r"$p < 10^{-300}$"
+    assert tex.p_tex(4.03e-101) == r"$p = 4.0\times 10^{-101}$"
 
 
 def test_checkpoint_changes_and_seeds_sentences():
@@ -177,7 +184,7 @@ def test_checkpoint_changes_and_seeds_sentences():
     assert mixed.startswith(r"They were trained with different code: the baseline with commit \texttt{abc}, "
                             r"resumed after epoch 7 with commit \texttt{def}, the improved model") and "uncommitted" in mixed
     cases = {"cases": [{}, {}], "selection": {"source": "analyst", "rule": "--cases"}}
-    assert "An analyst chose the 2 cases" in prose.selection_sentence(cases)
+    assert "An analyst chose the 2 cases" in prose.selection_sentence(shapes.filled(cases, shapes.FAILURES))
     auto = {"cases": [{}], "selection": {"source": "auto", "rule": "most confident", "note": "only 0 pass"}}
     assert "most confident errors" in prose.selection_sentence(auto)
     assert "only 0 pass" in prose.selection_sentence(auto)
@@ -339,7 +346,7 @@ def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
     assert result["pages"] == pdf_pages(study_copy / "report" / "build") <= 6
     check_figures_recorded(study_copy, study_copy / "report")
     cases = (study_copy / "report" / "table-cases.tex").read_text()
-    assert prose.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
+    assert tex.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
     assert r"aquarium\_fish" in cases and r"large\_man-made\_outdoor\_things" in cases
     macros = (study_copy / "report" / "macros.tex").read_text()
     assert "CIFAR-100" in macros and "ResNet-18" in macros and "more accurate" in macros
@@ -495,4 +502,4 @@ def check_imported_study(study, runs_dir):
     ("synthetic", 10, "synthetic shapes"),
 ])
 def test_dataset_name(name, num_classes, expected):
-    assert prose.dataset_name(name, num_classes) == expected
+    assert tex.dataset_name(name, num_classes) == expected

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import compare
 import report
-import study as shared
+import shapes
 import supplement
 from contract import WRITERS
 from test_report import make_fake_study
@@ -98,7 +99,7 @@ def put(where, value):
 
 BOTH = ("report", "supplement")
 # The files only report.py reads; supplement.py reads the others too.
-REPORT_ONLY = {"metrics.json", "failures.json", "gradcam.json", "history.csv"}
+REPORT_ONLY = {"metrics.json", "failures.json", "gradcam.json"}
 IMPORTED = {"weights": "elsewhere/best.pth", "found": "bare state_dict", "normalisation": "given"}
 # (file, change, what the sentence says, the script it names)
 CASES = [
@@ -179,16 +180,21 @@ def test_the_fix_names_the_make_step_that_writes_the_file(damaged, rel, target):
             "STUDY=resnet18-cifar100)") in refused("report", damaged)
 
 
-def test_history_without_a_column_the_report_reads_names_train_py(damaged):
+def test_history_without_a_column_the_recipe_checks_read_names_train_py(damaged, tmp_path):
+    """history.csv is read by compare.py (judgements.fit_check), which stores the verdict in
+    comparison.json: the report no longer reads it."""
     path = damaged / "baseline" / "history.csv"
     lines = path.read_text().splitlines()
     drop_at = lines[0].split(",").index("test_loss")
     path.write_text("".join(",".join(v for k, v in enumerate(line.split(",")) if k != drop_at) + "\n"
                             for line in lines))
-    before = outputs(damaged)
-    message = refused("report", damaged)
-    assert str(path) in message and "lacks test_loss" in message and "train.py" in message
-    assert outputs(damaged) == before
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--baseline", str(damaged / "baseline"), "--improved", str(damaged / "improved"),
+                      "--out", str(tmp_path / "compare"), "--bootstrap", "10"])
+    message = str(e.value.code)
+    assert str(path) in message and "lacks test_loss" in message and "train.py" in message, message
+    assert "\n" not in message and not (tmp_path / "compare" / "comparison.json").exists()
+    assert "history.csv" not in {Path(rel).name for rel in report.INPUTS.values()}
 
 
 def test_a_file_that_is_not_json_names_its_writer(damaged):
@@ -200,7 +206,7 @@ def test_a_file_that_is_not_json_names_its_writer(damaged):
 
 
 def test_every_kind_of_file_read_is_damaged_above():
-    assert {Path(rel).name for rel, *_ in CASES} == set(shared.READ_KEYS)
+    assert {Path(rel).name for rel, *_ in CASES} == set(shapes.SHAPES)
 
 
 def test_the_valid_study_passes_every_check(full_study, tmp_path, monkeypatch):
@@ -215,7 +221,7 @@ def test_the_valid_study_passes_every_check(full_study, tmp_path, monkeypatch):
 
 
 def test_each_file_the_report_reads_has_one_writer_in_the_contract():
-    read = {Path(rel).name for rel in report.INPUTS.values()} | set(shared.READ_KEYS)
+    read = {Path(rel).name for rel in report.INPUTS.values()} | set(shapes.SHAPES)
     read |= {f"{stem}.pdf" for stem in report.OPTIONAL_FIGURES} | {"faithfulness.png"}
     assert read <= set(WRITERS), read - set(WRITERS)
 
@@ -229,13 +235,30 @@ def test_report_scripts_share_a_module_and_import_neither_other(script):
 
 
 @pytest.mark.parametrize("value, shape, found", [
-    ({"a": 1}, {"a": shared.NUMBER, "b?": str}, None),  # "?": may be absent
-    ({"a": None}, {"a": shared.Nullable(shared.NUMBER)}, None),
-    ({"a": None}, {"a?": shared.NUMBER}, ("a", None)),  # absent, not null
-    ({"a": [1, "x"]}, {"a": shared.ListOf(shared.NUMBER)}, ("a[1]", "x")),
-    ({"k": 1}, shared.IfKey("k", {"k": shared.ANY, "j": shared.ANY}, {}), ("j", shared.MISSING)),
-    ({"s": {"x": {}}}, {"s": shared.DictOf({"v": shared.ANY})}, ("s.x.v", shared.MISSING)),
+    ({"a": 1}, {"a": shapes.NUMBER, "b?": str}, None),  # "?": may be absent
+    ({"a": None}, {"a": shapes.Nullable(shapes.NUMBER)}, None),
+    ({"a": None}, {"a?": shapes.NUMBER}, ("a", None)),  # absent, not null
+    ({"a": [1, "x"]}, {"a": shapes.ListOf(shapes.NUMBER)}, ("a[1]", "x")),
+    ({"k": 1}, shapes.IfKey("k", {"k": shapes.ANY, "j": shapes.ANY}, {}), ("j", shapes.MISSING)),
+    ({"s": {"x": {}}}, {"s": shapes.DictOf({"v": shapes.ANY})}, ("s.x.v", shapes.MISSING)),
 ])
 def test_mismatch_finds_the_first_departure_from_a_shape(value, shape, found):
-    got = shared.mismatch(value, shape)
+    got = shapes.mismatch(value, shape)
     assert (got if got is None else got[:2]) == found
+
+
+@pytest.mark.parametrize("value, shape, expected", [
+    ({"a": 1}, {"a": shapes.NUMBER, "b?": shapes.Nullable({"c?": shapes.ANY})}, {"a": 1, "b": None}),
+    ({"b": {}}, {"b?": {"c?": shapes.ANY}}, {"b": {"c": None}}),  # nested: filled where present
+    ({"l": [{}]}, {"l": shapes.ListOf({"x?": shapes.ANY})}, {"l": [{"x": None}]}),
+    ({"k": 1, "z": 2}, shapes.IfKey("k", {"k": shapes.ANY, "j?": shapes.ANY}, {}), {"k": 1, "z": 2, "j": None}),
+])
+def test_filled_gives_each_absent_optional_key_its_null(value, shape, expected):
+    assert shapes.mismatch(value, shape) is None and shapes.filled(value, shape) == expected
+
+
+def test_a_writer_that_departs_from_its_files_shape_is_stopped_before_writing():
+    with pytest.raises(AssertionError, match=r"seeds.json as written would hold nothing as seeds.difference"):
+        shapes.conform({"seeds": {"seeds": [1], "improved_better": 1, "baseline": SPREAD, "improved": SPREAD}},
+                       "seeds.json")
+    assert shapes.conform(SEEDS, "seeds.json") is SEEDS
