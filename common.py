@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -41,6 +42,40 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def arg_parser(doc):
     """Every script's parser: the first line of its docstring, and each flag's default in --help."""
     return argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=_DefaultsFormatter)
+
+
+# argparse type= factories for numbers with bounds: a bad value stops the parser ("error: argument
+# --epochs: must be at least 1", exit 2) before anything runs, worded alike in every script.
+# Each keeps int's or float's name, so a non-number still reads "invalid int value: 'x'".
+
+def at_least(n):
+    """type= for an integer flag of at least n."""
+    def parse(text):
+        value = int(text)
+        if value < n:
+            raise argparse.ArgumentTypeError(f"must be at least {n}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def float_in(lo, hi=math.inf, lo_open=False, hi_open=False):
+    """type= for a float flag from lo to hi, each end included unless lo_open or hi_open. NaN and
+    infinities are refused too: no flag means them, and NaN would slip past `value < lo`."""
+    if hi == math.inf:
+        want = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
+    else:
+        want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError("must be a finite number")
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            raise argparse.ArgumentTypeError(f"must be {want}")
+        return value
+    parse.__name__ = "float"
+    return parse
 
 
 def cli_guard(fn, *args):

@@ -25,7 +25,7 @@ import numpy as np
 
 import compare_figures as figures
 from cam import find_layer, grad_cam  # the same maps as gradcam.py's figures
-from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, normalize, provenance, pyplot,
+from common import (DEVICE_HELP, UserError, arg_parser, at_least, cli_guard, normalize, provenance, pyplot,
                     resolve_device, save_json)
 from contract import (ECE_BINS, dataset_from_config, load_evaluated, load_grid, read_cases, read_config,
                       read_gradcam, read_gradcam_maps, read_history, read_metrics, read_predictions)
@@ -386,7 +386,7 @@ def build_parser():
     p.add_argument("--out", required=True, help="folder for comparison.json and the figures "
                    "(with --seeds or --ablation: for seeds.json or ablation.json alone)")
     # 2000 resamples: each limit moves by about 0.03 points (s.d.) between seeds on 10,000 images.
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap generator")
     p.add_argument("--device", default="auto", help="for Grad-CAM: " + DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the runs' --data-dir (Grad-CAM images)")
@@ -555,11 +555,7 @@ def compare_grids(b, i):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.bootstrap < 1:
-        parser.error("--bootstrap must be at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

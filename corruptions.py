@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (DEVICE_HELP, UserError, arg_parser, autocast_mode, cli_guard, device_name, predict,
-                    provenance, resolve_device, save_json, subset_indices)
+from common import (DEVICE_HELP, UserError, arg_parser, at_least, autocast_mode, cli_guard, device_name,
+                    predict, provenance, resolve_device, save_json, subset_indices)
 from contract import load_analysis
 from corrupt import (CIFAR_C_EXTRA, CIFAR_C_NAMES, CIFAR_C_STANDARD, NAMES, SEVERITIES,
                      check_choice, corrupt, mean_error)
@@ -50,12 +50,12 @@ def build_parser():
                    help=f"'all' or names: {', '.join(NAMES)}; with --cifar-c, 'all' is every file there "
                         "(frost too)")
     p.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), help="from 1 to 5")
-    p.add_argument("--limit-test", type=int, default=None,
+    p.add_argument("--limit-test", type=at_least(1), default=None,
                    help="a fixed random subset of the run's test images (same as common.subset_indices)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions' random draws")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
-    p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    p.add_argument("--batch-size", type=at_least(1), default=1024, help="images per forward pass")
     p.add_argument("--amp", action="store_true",
                    help="corrupted images under bf16 autocast (CUDA, or a CPU with native bf16)")
     p.add_argument("--cifar-c", default=None, metavar="DIR",
@@ -269,13 +269,7 @@ def print_summary(result, run):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    if args.limit_test is not None and args.limit_test < 1:
-        parser.error("--limit-test must be at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHS, DEVICE_HELP, UserError, arg_parser, atomic_write, build_model, channel_stats,
-                    cli_guard, device_name, load_checkpoint, load_dataset, predict, provenance, resolve_device,
-                    save_checkpoint, save_json)
+from common import (ARCHS, DEVICE_HELP, UserError, arg_parser, at_least, atomic_write, build_model,
+                    channel_stats, cli_guard, device_name, load_checkpoint, load_dataset, predict, provenance,
+                    resolve_device, save_checkpoint, save_json)
 from contract import ECE_BINS, dataset_from_config, load_run, weights_fingerprint
 from shapes import conform
 
@@ -37,7 +37,7 @@ def build_parser():
                    help="final epoch, or the best on test (peeks at the test set)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
-    p.add_argument("--batch-size", type=int, default=1024, help="test images per forward pass")
+    p.add_argument("--batch-size", type=at_least(1), default=1024, help="test images per forward pass")
     g = p.add_argument_group("importing a model trained elsewhere (creates the --run folder)")
     g.add_argument("--weights", default=None,
                    help="a checkpoint file: a bare state_dict, or one under state_dict, "
@@ -68,6 +68,7 @@ def check_import_args(args, parser):
         parser.error("an imported model has one set of weights: --checkpoint does not apply")
     if (args.mean is None) != (args.std is None):
         parser.error("give --mean and --std together, or neither (then the dataset's statistics)")
+    # Not a type=: one message for both flags, naming their units (the likely mistake: 0-255 values).
     if args.mean is not None and not (all(0 <= v <= 1 for v in args.mean) and all(0 < v <= 1 for v in args.std)):
         parser.error("--mean and --std are in [0, 1] units (e.g. 0.5071 0.4865 0.4409), std above 0")
 
@@ -259,8 +260,6 @@ def run(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     check_import_args(args, parser)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return cli_guard(run, args)

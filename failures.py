@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, arg_parser, cli_guard, provenance, pyplot, save_figure, save_json
+from common import UserError, arg_parser, at_least, cli_guard, provenance, pyplot, save_figure, save_json
 from contract import dataset_from_config, read_config, read_json, read_predictions
 from hypotheses import compose_hypothesis, format_probability  # worded as gradcam.py words them
 from shapes import conform
@@ -140,8 +140,8 @@ def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--run", required=True, help="run folder with predictions.npz from evaluate.py")
     # Five cases: the reference notebook discussed a handful; the second variant asks for >= 3.
-    p.add_argument("--num-cases", type=int, default=None, help="distinct cases to select (default 5)")
-    p.add_argument("--top", type=int, default=20, help="ranked errors listed in failures.json")
+    p.add_argument("--num-cases", type=at_least(1), default=None, help="distinct cases to select (default 5)")
+    p.add_argument("--top", type=at_least(0), default=20, help="ranked errors listed in failures.json")
     p.add_argument("--cases", type=int, nargs="+", default=None,
                    help="the analyst's own test indices instead of the automatic selection")
     p.add_argument("--hypotheses", default=None,
@@ -266,14 +266,11 @@ def draw_and_save(result, run_dir, config, data_dir, rows, labels, indices):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Each flag's own bounds are its type=; a clash of two flags is checked here.
     if args.cases is not None and args.num_cases is not None:
         parser.error("--cases and --num-cases cannot be combined: --cases picks the cases itself")
     if args.num_cases is None:
         args.num_cases = 5
-    if args.num_cases < 1:
-        parser.error("--num-cases must be at least 1")
-    if args.top < 0:
-        parser.error("--top must be at least 0")
     return cli_guard(run, args)
 
 

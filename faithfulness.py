@@ -24,8 +24,8 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from cam import find_layer, grad_cam, layer_name_or_default
-from common import (DEVICE_HELP, UserError, arg_parser, cli_guard, device_name, normalize, provenance,
-                    pyplot, resolve_device, save_figure, save_json)
+from common import (DEVICE_HELP, UserError, arg_parser, at_least, cli_guard, device_name, normalize,
+                    provenance, pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
 from shapes import conform
 
@@ -201,15 +201,15 @@ def build_parser():
                    "(default: <run>/failures.json, skipped if missing; another run's file works)")
     # 500 images: with the per-image spread measured on the synthetic run (std about 0.3), the
     # standard error of a mean AUC is about 0.013, far below the Grad-CAM vs random gaps.
-    p.add_argument("--sample", type=int, default=500, help="test images in the random sample")
+    p.add_argument("--sample", type=at_least(1), default=500, help="test images in the random sample")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: gradcam.py's)")
     # RISE's code changes 224 pixels per step of a 224x224 image (224 steps); on 32x32 images 16
     # steps of 64 pixels (6%) still show how fast a curve falls, at 34 forward passes per image.
-    p.add_argument("--steps", type=int, default=16, help="steps of each deletion/insertion curve")
+    p.add_argument("--steps", type=at_least(2), default=16, help="steps of each deletion/insertion curve")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="seeds the sample and the random order")
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
-    p.add_argument("--batch-size", type=int, default=1024, help="perturbed images per forward pass")
+    p.add_argument("--batch-size", type=at_least(1), default=1024, help="perturbed images per forward pass")
     return p
 
 
@@ -222,15 +222,6 @@ def read_case_rows(args, run_dir, labels, indices):
         raise UserError(f"{path} does not exist; write it with python failures.py --run {run_dir}")
     _, cases = read_cases(path, labels, indices, run_dir)
     return path, [c["row"] for c in cases]
-
-
-def check_args(args):
-    if args.steps < 2:
-        raise UserError(f"--steps must be at least 2, got {args.steps}")
-    if args.sample < 1:
-        raise UserError(f"--sample must be at least 1, got {args.sample}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
 
 def score(model, layer, layer_name, x, targets, args):
@@ -264,7 +255,6 @@ def case_entries(case_rows, per_target, probs, labels, indices, classes):
 
 def run(args):
     t0 = time.perf_counter()
-    check_args(args)
     run_dir = Path(args.run)
     device = resolve_device(args.device)
     # The model whose predictions evaluate.py wrote, so the maps explain those predictions.

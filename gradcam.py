@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from cam import find_layer, grad_cam, layer_map_size, layer_name_or_default, overlay, scale_per_image
-from common import (DEVICE_HELP, UserError, arg_parser, atomic_write, cli_guard, normalize, provenance,
-                    pyplot, resolve_device, save_figure, save_json)
+from common import (DEVICE_HELP, UserError, arg_parser, at_least, atomic_write, cli_guard, normalize,
+                    provenance, pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
 from hypotheses import compose_hypothesis, format_probability  # worded as failures.py words them
 from shapes import conform
@@ -162,7 +162,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     # Base rates from a fixed sample's correctly classified images: a few seconds on a CPU.
-    p.add_argument("--reference", type=int, default=256,
+    p.add_argument("--reference", type=at_least(0), default=256,
                    help="test images sampled for base rates (their correctly classified ones)")
     return p
 
@@ -270,11 +270,7 @@ def explain_case(case, cam_pred, cam_true, box, layer_name, checkpoint, ref):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.reference < 0:
-        parser.error("--reference must be at least 0")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

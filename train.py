@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, atomic_link_or_copy,
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, at_least, atomic_link_or_copy,
                     atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
-                    git_commit, load_checkpoint, load_dataset, precision_of, provenance, pyplot,
+                    float_in, git_commit, load_checkpoint, load_dataset, precision_of, provenance, pyplot,
                     resolve_device, save_checkpoint, save_figure, save_json, seed_everything, synchronize)
 from contract import dataset_from_config
 
@@ -40,18 +40,20 @@ def build_parser():
     a("--arch", default="resnet18", choices=ARCHS, help="network")
     a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, a folder with "
       "train/<class>/ and test/<class>/ images, or the path of an official-format .tar.gz")
-    a("--epochs", type=int, default=50, help="training epochs")
-    a("--batch-size", type=int, default=128, help="training images per step")
+    a("--epochs", type=at_least(1), default=50, help="training epochs")
+    a("--batch-size", type=at_least(1), default=128, help="training images per step")
     a("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer")
-    a("--lr", type=float, default=None, help="default 0.1 for sgd, 1e-3 for adam")
+    a("--lr", type=float_in(0, lo_open=True), default=None, help="default 0.1 for sgd, 1e-3 for adam")
     a("--momentum", type=float, default=0.9, help="SGD momentum")
-    a("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
-    a("--milestones", type=int, nargs="*", default=[25, 40],
+    a("--weight-decay", type=float_in(0), default=5e-4, help="L2 weight decay")
+    a("--milestones", type=at_least(1), nargs="*", default=[25, 40],
       help="epochs at which the lr is multiplied by --gamma (none: constant lr)")
     a("--gamma", type=float, default=0.1, help="lr factor at each milestone")
-    a("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
-    a("--cutmix-prob", type=float, default=0.0, help="probability that a batch is CutMix-ed")
-    a("--cutmix-alpha", type=float, default=1.0, help="Beta(alpha, alpha) for the mixing ratio")
+    a("--label-smoothing", type=float_in(0, 1, hi_open=True), default=0.0,
+      help="label smoothing of the loss")
+    a("--cutmix-prob", type=float_in(0, 1), default=0.0, help="probability that a batch is CutMix-ed")
+    a("--cutmix-alpha", type=float_in(0, lo_open=True), default=1.0,
+      help="Beta(alpha, alpha) for the mixing ratio")
     a("--augment", default="crop-flip", choices=("crop-flip", "none"),
       help="random crop (padding 4) and horizontal flip, or none")
     a("--seed", type=int, default=42, help="seeds data order, augmentation, CutMix, init")
@@ -70,33 +72,19 @@ def build_parser():
     a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     a("--resume", action="store_true", help="continue runs/<name>/last.pt with its saved config")
     a("--overwrite", action="store_true", help="replace an existing run of the same name")
-    a("--limit-train", type=int, default=None, help="train on a fixed random subset of N images")
-    a("--limit-test", type=int, default=None, help="test on a fixed random subset of N images")
-    a("--eval-batch-size", type=int, default=1024, help="test images per forward pass")
+    a("--limit-train", type=at_least(1), default=None, help="train on a fixed random subset of N images")
+    a("--limit-test", type=at_least(1), default=None, help="test on a fixed random subset of N images")
+    a("--eval-batch-size", type=at_least(1), default=1024, help="test images per forward pass")
     a("--tensorboard", action="store_true", help="also log each epoch's losses, accuracies and lr "
       "to runs/<name>/tensorboard/ (pip install tensorboard); history.csv stays the source of truth")
     return p
 
 
 def check_args(args, parser):
-    """Reject bad values before anything is read or written."""
-    checks = [
-        (args.epochs >= 1, "--epochs must be at least 1"),
-        (args.batch_size >= 1, "--batch-size must be at least 1"),
-        (args.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
-        (0 <= args.cutmix_prob <= 1, "--cutmix-prob must be in [0, 1]"),
-        (args.cutmix_alpha > 0, "--cutmix-alpha must be greater than 0"),
-        (0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-        (args.lr is None or args.lr > 0, "--lr must be greater than 0"),
-        (args.weight_decay >= 0, "--weight-decay must be at least 0"),
-        (all(m >= 1 for m in args.milestones), "--milestones must be positive epochs"),
-        (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
-        (args.limit_test is None or args.limit_test >= 1, "--limit-test must be at least 1"),
-        (not (args.resume and args.overwrite), "--resume and --overwrite cannot be combined"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
+    """Reject flags that conflict, before anything is read or written (each value's own bounds are
+    its type=), and fill in the defaults that depend on other flags."""
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite cannot be combined")
     if args.lr is None:
         args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
     if args.name is None:

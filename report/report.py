@@ -16,7 +16,7 @@ from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UserError, arg_parser, atomic_write, cli_guard
+from common import UserError, arg_parser, at_least, atomic_write, cli_guard
 from prose import SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name, code_resumes, prose
 from settings import SETTINGS, label as setting_label, shown as setting_shown
 from study import (build_pdf, load_config, load_extras, load_gradcam, load_json, load_metrics, require_file,
@@ -287,16 +287,12 @@ def build_parser():
     p.add_argument("--out", default=None, help="the PDF to write (default: <study>/report.pdf); "
                    "the LaTeX sources go to report/ next to it")
     # The study's brief allows six pages: a longer report is an error, not a warning.
-    p.add_argument("--max-pages", type=int, default=MAX_PAGES, help="longest allowed PDF")
+    p.add_argument("--max-pages", type=at_least(1), default=MAX_PAGES, help="longest allowed PDF")
     return p
 
 
 def main(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.max_pages < 1:
-        p.error("--max-pages must be at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

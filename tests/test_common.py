@@ -309,3 +309,82 @@ def test_every_flag_has_a_help_line_and_its_default_shows(script, capsys):
     for a in flags:
         if a.default not in (None, False) and not a.required:
             assert f"(default: {a.default})" in text, a.option_strings
+
+
+#### Argument types: bounds refused by the parser, in one wording
+
+def test_at_least_accepts_its_bound_and_above():
+    from common import at_least
+    assert at_least(1)("1") == 1 and at_least(1)("50") == 50 and at_least(0)("0") == 0
+    assert at_least(2)("2") == 2 and isinstance(at_least(1)("3"), int)
+
+
+@pytest.mark.parametrize("n, text", [(1, "0"), (1, "-3"), (0, "-1"), (2, "1")])
+def test_at_least_refuses_below(n, text):
+    import argparse
+    from common import at_least
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^must be at least {n}$"):
+        at_least(n)(text)
+
+
+@pytest.mark.parametrize("text", ["x", "1.5", "", "nan"])
+def test_at_least_refuses_non_integers_as_int_does(text):
+    from common import at_least
+    with pytest.raises(ValueError):
+        at_least(1)(text)
+
+
+@pytest.mark.parametrize("kwargs, good, bad, message", [
+    (dict(lo=0, hi=1), ["0", "0.5", "1"], ["-0.1", "1.5"], "must be in [0, 1]"),
+    (dict(lo=0, hi=1, hi_open=True), ["0", "0.999"], ["1", "-1e-9"], "must be in [0, 1)"),
+    (dict(lo=0, hi=1, lo_open=True), ["1e-9", "1"], ["0", "2"], "must be in (0, 1]"),
+    (dict(lo=0, lo_open=True), ["1e-9", "0.1", "1e30"], ["0", "-0.0", "-1"], "must be greater than 0"),
+    (dict(lo=0), ["0", "5e-4"], ["-1e-9", "-2"], "must be at least 0"),
+])
+def test_float_in_bounds_and_messages(kwargs, good, bad, message):
+    import argparse
+    from common import float_in
+    parse = float_in(**kwargs)
+    assert [parse(t) for t in good] == [float(t) for t in good]
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+            parse(text)
+    for text in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(argparse.ArgumentTypeError, match="^must be a finite number$"):
+            parse(text)
+    with pytest.raises(ValueError):
+        parse("x")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "error: argument --n: must be at least 1"),
+    (["--n", "two"], "error: argument --n: invalid int value: 'two'"),
+    (["--p", "1.5"], "error: argument --p: must be in [0, 1)"),
+    (["--p", "nan"], "error: argument --p: must be a finite number"),
+    (["--p", "x"], "error: argument --p: invalid float value: 'x'"),
+    (["--m", "3", "0"], "error: argument --m: must be at least 1"),
+])
+def test_argument_types_are_usage_errors(argv, message, capsys):
+    """A bad value exits 2 with argparse's one line naming the flag, no traceback."""
+    import argparse
+    from common import at_least, float_in
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=at_least(1), default=1)
+    p.add_argument("--p", type=float_in(0, 1, hi_open=True), default=0.0)
+    p.add_argument("--m", type=at_least(1), nargs="*", default=[2])
+    assert vars(p.parse_args(["--n", "3", "--p", "0.5", "--m", "1", "4"])) == dict(n=3, p=0.5, m=[1, 4])
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("script", SCRIPTS + ("make_cifar_archive",))
+def test_every_bounded_default_satisfies_its_type(script):
+    """argparse runs type= on flags given, not on a non-string default: a default must pass it too."""
+    import importlib
+    parser = importlib.import_module(script).build_parser()
+    for a in parser._actions:
+        if getattr(a.type, "__qualname__", "").startswith(("at_least.", "float_in.")) and a.default is not None:
+            for value in a.default if isinstance(a.default, list) else [a.default]:
+                assert a.type(str(value)) == value, (script, a.option_strings)

@@ -306,7 +306,7 @@ def test_cases_from_another_run_are_refused(pair):
 def test_bad_bootstrap_flag(pair, capsys):
     with pytest.raises(SystemExit) as exc:
         run_compare(pair, "--bootstrap", "0")
-    assert exc.value.code == 2 and "--bootstrap must be at least 1" in capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --bootstrap: must be at least 1" in capsys.readouterr().err
 
 
 #### Two trained synthetic models, Grad-CAM included

@@ -79,8 +79,12 @@ def test_a_case_missing_a_field(run, tmp_path, capsys, field):
 
 
 def test_faithfulness_batch_size_zero(run, capsys):
-    refused(capsys, run, faithfulness.main, ["--run", str(run), "--batch-size", "0"],
-            "--batch-size must be at least 1")
+    """A usage error (argparse's usage line, then the message; exit 2), and the run is untouched."""
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exc:
+        faithfulness.main(["--run", str(run), "--batch-size", "0"])
+    assert exc.value.code == 2 and "argument --batch-size: must be at least 1" in capsys.readouterr().err
+    assert snapshot(run) == before
 
 
 def test_data_dir_naming_a_file(run, tmp_path, capsys):

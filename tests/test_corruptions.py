@@ -345,4 +345,4 @@ def test_cli_bad_numbers(tmp_path, capsys):
     for flag in ("--limit-test", "--batch-size"):
         with pytest.raises(SystemExit) as exc:
             corruptions.main(["--run", str(tmp_path), flag, "0"])
-        assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {flag}: must be at least 1" in capsys.readouterr().err

@@ -198,7 +198,8 @@ def test_missing_predictions_says_run_evaluate_first(run):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--num-cases", "0"], "--num-cases must be at least 1"),
+    (["--num-cases", "0"], "argument --num-cases: must be at least 1"),
+    (["--top", "-1"], "argument --top: must be at least 0"),
     (["--num-cases", "2", "--cases", "1"], "cannot be combined"),
 ])
 def test_bad_flag_values_are_usage_errors(run, capsys, args, message):

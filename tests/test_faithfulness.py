@@ -205,11 +205,14 @@ def test_cli_writes_faithfulness(tiny_run):
     assert out["sample"] == data["sample"]
 
 
-def test_cli_bad_input(tiny_run, tmp_path):
+def test_cli_bad_input(tiny_run, tmp_path, capsys):
     run = str(tiny_run)
+    for argv, message in ((["--steps", "1"], "argument --steps: must be at least 2"),
+                          (["--sample", "0"], "argument --sample: must be at least 1")):
+        with pytest.raises(SystemExit) as exc:
+            faithfulness.main(["--run", run, "--device", "cpu"] + argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
     for argv, message in (
-            (["--steps", "1"], "--steps must be at least 2"),
-            (["--sample", "0"], "--sample must be at least 1"),
             (["--layer", "conv9"], r"unknown --layer 'conv9' for simplecnn"),
             (["--cases", str(tmp_path / "none.json")], "write it with python failures.py")):
         with pytest.raises(SystemExit, match=message):

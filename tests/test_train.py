@@ -125,11 +125,14 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
 #### Bad input: one sentence, non-zero exit, nothing already written lost
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--cutmix-prob", "1.5"], "--cutmix-prob must be in"),
-    (["--cutmix-alpha", "0"], "--cutmix-alpha must be greater than 0"),
-    (["--label-smoothing", "1"], "--label-smoothing must be in"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["--cutmix-prob", "1.5"], "argument --cutmix-prob: must be in [0, 1]"),
+    (["--cutmix-alpha", "0"], "argument --cutmix-alpha: must be greater than 0"),
+    (["--label-smoothing", "1"], "argument --label-smoothing: must be in [0, 1)"),
+    (["--lr", "inf"], "argument --lr: must be a finite number"),
+    (["--milestones", "25", "0"], "argument --milestones: must be at least 1"),
+    (["--resume", "--overwrite"], "--resume and --overwrite cannot be combined"),
     (["--arch", "vgg"], "invalid choice: 'vgg'"),
 ])
 def test_bad_flags_are_refused(flags, message, capsys, tmp_path):

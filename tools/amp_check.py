@@ -22,8 +22,8 @@ import torch.nn as nn
 
 if __name__ == "__main__":  # run as a script: train.py and common.py are in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (DEVICE_HELP, DeviceLoader, UserError, arg_parser, autocast, autocast_mode, cli_guard,
-                    device_name, load_checkpoint, resolve_device, save_json)
+from common import (DEVICE_HELP, DeviceLoader, UserError, arg_parser, at_least, autocast, autocast_mode,
+                    cli_guard, device_name, load_checkpoint, resolve_device, save_json)
 from contract import dataset_from_config
 from train import build_state, evaluate_loader, train_epoch
 
@@ -31,8 +31,8 @@ from train import build_state, evaluate_loader, train_epoch
 def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint (last.pt or best.pt)")
-    p.add_argument("--limit-train", type=int, default=10000, help="training images of the one pass")
-    p.add_argument("--limit-test", type=int, default=2000, help="test images to measure on")
+    p.add_argument("--limit-train", type=at_least(1), default=10000, help="training images of the one pass")
+    p.add_argument("--limit-test", type=at_least(1), default=2000, help="test images to measure on")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="order and augmentation seeds")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--data-dir", default=None, help="overrides the run's --data-dir")
@@ -98,11 +98,7 @@ def run(args):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if min(args.limit_train, args.limit_test) < 1:
-        parser.error("--limit-train and --limit-test must be at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

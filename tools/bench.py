@@ -24,9 +24,9 @@ import torch.nn as nn
 if __name__ == "__main__":  # run as a script: the project's modules are in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, autocast_mode, build_model, channel_stats,
-                    cli_guard, cuda_ampere_or_newer, device_name, load_dataset, resolve_device, save_json,
-                    synchronize)
+from common import (ARCHS, DEVICE_HELP, DeviceLoader, arg_parser, at_least, autocast_mode, build_model,
+                    channel_stats, cli_guard, cuda_ampere_or_newer, device_name, float_in, load_dataset,
+                    resolve_device, save_json, synchronize)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -174,12 +174,14 @@ def build_parser():
     p.add_argument("--arch", default="resnet18", choices=ARCHS, help="network")
     p.add_argument("--dataset", default="synthetic", help="any dataset train.py accepts")
     p.add_argument("--data-dir", default="data", help="where archives live")
-    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
-    p.add_argument("--images", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=128, help="training images per step")
+    p.add_argument("--images", type=at_least(1), default=None,
                    help="training images per timed epoch (default 10,000 on CUDA, 3 batches + 40 elsewhere)")
-    p.add_argument("--epochs", type=int, default=None, help="timed epochs per row (default 3 on CUDA, 1 elsewhere)")
-    p.add_argument("--cutmix-prob", type=float, default=0.5, help="as train.py's (the study's improved model)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the reference")
+    p.add_argument("--epochs", type=at_least(1), default=None,
+                   help="timed epochs per row (default 3 on CUDA, 1 elsewhere)")
+    p.add_argument("--cutmix-prob", type=float_in(0, 1), default=0.5,
+                   help="as train.py's (the study's improved model)")
+    p.add_argument("--workers", type=at_least(0), default=4, help="DataLoader workers for the reference")
     p.add_argument("--compile", action="store_true", help="also time compiled rows off CUDA (slow to compile)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -187,13 +189,7 @@ def build_parser():
 
 
 def main(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    if ((args.images is not None and args.images < 1) or (args.epochs is not None and args.epochs < 1)
-            or args.batch_size < 1 or args.workers < 0 or not 0 <= args.cutmix_prob <= 1):
-        p.error("--images, --epochs and --batch-size must be at least 1, --workers at least 0, "
-                "--cutmix-prob in [0, 1]")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import torch
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DEVICE_HELP, UserError, arg_parser, build_model, cli_guard, device_name, resolve_device
+from common import (DEVICE_HELP, UserError, arg_parser, at_least, build_model, cli_guard, device_name,
+                    resolve_device)
 from cam import grad_cam
 
 CASES = (("resnet18", "layer4"), ("resnet18", "layer3"), ("simplecnn", "relu3"))
@@ -100,20 +101,16 @@ def run(args):
 def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=int, default=64, help="images per Grad-CAM call")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="images per Grad-CAM call")
     p.add_argument("--num-classes", type=int, default=100, help="outputs of the random-init heads "
                    "(the main study's CIFAR-100)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is printed")
+    p.add_argument("--repeats", type=at_least(1), default=5, help="timed calls; the median is printed")
     p.add_argument("--seed", type=int, default=0, help="seeds the models and the images")
     return p
 
 
 def main(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1:
-        p.error("--batch-size and --repeats must be at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

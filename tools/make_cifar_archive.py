@@ -23,7 +23,7 @@ import torch
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import ARCHIVES, SHAPES, UserError, atomic_write, cli_guard, draw_objects  # noqa: E402
+from common import ARCHIVES, SHAPES, UserError, at_least, atomic_write, cli_guard, draw_objects  # noqa: E402
 
 HUES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "magenta")
 
@@ -104,8 +104,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="the .tar.gz to write")
     p.add_argument("--kind", default="cifar100", choices=sorted(ARCHIVES))
-    p.add_argument("--n-train", type=int, default=50000)
-    p.add_argument("--n-test", type=int, default=10000)
+    p.add_argument("--n-train", type=at_least(5), default=50000)  # CIFAR-10 has 5 training batches
+    p.add_argument("--n-test", type=at_least(1), default=10000)
     p.add_argument("--pixels", default="shapes", choices=("shapes", "noise"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
@@ -127,11 +127,7 @@ def run(args):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n_train < 5 or args.n_test < 1:
-        parser.error("--n-train must be at least 5 (CIFAR-10 has 5 batches) and --n-test at least 1")
-    return cli_guard(run, args)
+    return cli_guard(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
