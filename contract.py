@@ -67,8 +67,10 @@ def read_config(run_dir):
     return config
 
 
-def load_run(run_dir, checkpoint="last", device="cpu"):
-    """Rebuild a trained model from runs/<name>: (model in eval mode, config, checkpoint dict)."""
+def load_checkpoint_model(run_dir, checkpoint="last", device="cpu"):
+    """A trained model from one of a run's checkpoints, chosen by name: (model in eval mode, config,
+    checkpoint dict). evaluate.py uses it; every later step uses load_evaluated instead, which
+    takes the checkpoint that evaluate.py evaluated and checks that it still holds those weights."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if config.get("imported") and checkpoint != "last":
@@ -108,7 +110,7 @@ def load_evaluated(run_dir, device="cpu"):
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     checkpoint = metrics.get("checkpoint", "last")
-    model, config, ckpt = load_run(run_dir, checkpoint, device)
+    model, config, ckpt = load_checkpoint_model(run_dir, checkpoint, device)
     if weights_fingerprint(model) != metrics.get("weights_sha256"):
         raise UserError(f"{run_dir / (checkpoint + '.pt')} holds other weights than evaluate.py evaluated "
                         f"(retrained or replaced since, or metrics.json is older than this check); "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from common import (ARCHS, DEVICE_HELP, UserError, arg_parser, at_least, atomic_write, build_model,
                     channel_stats, cli_guard, device_name, load_checkpoint, load_dataset, predict, provenance,
                     resolve_device, save_checkpoint, save_json)
-from contract import ECE_BINS, dataset_from_config, load_run, weights_fingerprint
+from contract import ECE_BINS, dataset_from_config, load_checkpoint_model, weights_fingerprint
 from shapes import conform
 
 
@@ -133,7 +133,7 @@ def state_dict_mismatch(model, state_dict):
 
 def import_weights(args):
     """Write args.run as a run folder from an outside checkpoint: last.pt, then config.json (last:
-    load_run treats a folder without it as unfinished). The weights must fit --arch exactly.
+    load_checkpoint_model treats a folder without it as unfinished). The weights must fit --arch exactly.
     Returns the dataset, which the evaluation then uses instead of loading it again."""
     run, weights = Path(args.run), Path(args.weights)
     if run.exists() and not run.is_dir():
@@ -226,7 +226,7 @@ def run_evaluation(args, ds=None):
     """Predictions and metrics of the run's checkpoint; ds: its dataset if already loaded."""
     t0 = time.perf_counter()
     device = resolve_device(args.device)
-    model, config, ckpt = load_run(args.run, args.checkpoint, device)
+    model, config, ckpt = load_checkpoint_model(args.run, args.checkpoint, device)
     if ds is None:
         ds = dataset_from_config(config, args.data_dir)
     logits = predict(model, ds.test_x, config["mean"], config["std"], args.batch_size)
@@ -238,16 +238,16 @@ def run_evaluation(args, ds=None):
     metrics.update(checkpoint=args.checkpoint, epoch=ckpt["epoch"], weights_sha256=weights_fingerprint(model),
                    precision="float32", device=device_name(device), seconds=round(time.perf_counter() - t0, 3),
                    **provenance())
-    run = Path(args.run)
+    run_dir = Path(args.run)
 
     def write_npz(f):
         np.savez_compressed(f, probs=probs.numpy().astype(np.float32), labels=ds.test_y.numpy(),
                             logits=logits.numpy(), indices=ds.test_indices.numpy())
-    atomic_write(run / "predictions.npz", write_npz)
-    save_json(conform(metrics, "metrics.json"), run / "metrics.json")
+    atomic_write(run_dir / "predictions.npz", write_npz)
+    save_json(conform(metrics, "metrics.json"), run_dir / "metrics.json")
     label = ("the imported weights" if config.get("imported") else
              f"the {'best-on-test' if args.checkpoint == 'best' else 'last'} checkpoint, epoch {ckpt['epoch']}")
-    print(f"{run}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "
+    print(f"{run_dir}: test accuracy {100 * metrics['test_accuracy']:.2f}% (top-5 "
           f"{100 * metrics['top5_accuracy']:.2f}%, ECE {100 * metrics['ece']:.2f}%) with {label}")
     return metrics
 

@@ -219,57 +219,57 @@ def start_config(args, ckpt, ds, device, run_dir):
 
 def build_state(cfg, ckpt, device):
     """Model, optimizer, scheduler, data generator and progress, restored from ckpt if resuming."""
-    st = SimpleNamespace(
+    state = SimpleNamespace(
         model=build_model(cfg["arch"], cfg["num_classes"]).to(device, memory_format=torch.channels_last),
         data_gen=torch.Generator().manual_seed(cfg["seed"]), epoch=0, history=[], best_acc=-1.0,
         elapsed=0.0, train_elapsed=0.0, compile_seconds=0.0, compile_pending=False)
-    st.optimizer = make_optimizer(st.model, cfg)
-    st.scheduler = torch.optim.lr_scheduler.MultiStepLR(st.optimizer, cfg["milestones"], cfg["gamma"])
+    state.optimizer = make_optimizer(state.model, cfg)
+    state.scheduler = torch.optim.lr_scheduler.MultiStepLR(state.optimizer, cfg["milestones"], cfg["gamma"])
     if ckpt is not None:
-        st.model.load_state_dict(ckpt["model"])
+        state.model.load_state_dict(ckpt["model"])
         # load_state_dict takes the saved run's fused/foreach choice too: keep the one for this device.
-        impl = {k: st.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
-        st.optimizer.load_state_dict(ckpt["optimizer"])
-        for group in st.optimizer.param_groups:
+        impl = {k: state.optimizer.param_groups[0].get(k) for k in ("fused", "foreach")}
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in state.optimizer.param_groups:
             group.update(impl)
-        st.scheduler.load_state_dict(ckpt["scheduler"])
-        st.data_gen.set_state(ckpt["rng"]["data"])
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+        state.data_gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        st.epoch, st.history = ckpt["epoch"], list(ckpt["history"])
-        st.best_acc, st.elapsed, st.train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
-        st.compile_seconds = ckpt.get("compile_seconds", 0.0)
-    return st
+        state.epoch, state.history = ckpt["epoch"], list(ckpt["history"])
+        state.best_acc, state.elapsed, state.train_elapsed = ckpt["best_acc"], ckpt["elapsed"], ckpt["train_elapsed"]
+        state.compile_seconds = ckpt.get("compile_seconds", 0.0)
+    return state
 
 
-def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
+def train_epoch(state, step_model, loader, cfg, criterion, amp_context, run_dir):
     """One pass over the training set: (mean loss, accuracy, images seen). CutMix-ed batches count
     their accuracy against both labels, weighted by lam. The first step of a compiled model, which
-    compiles it, is timed apart into st.compile_seconds."""
+    compiles it, is timed apart into state.compile_seconds."""
     device = loader.images.device
-    st.model.train()
+    state.model.train()
     t0 = time.perf_counter()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen, checked = 0, 0
     # On a GPU, reading the loss every step would stall the pipeline: look every 50 steps.
     sync_every = 1 if device.type == "cpu" else 50
     postfix_every = 10 if device.type == "cpu" else 50
-    bar = tqdm(loader, desc=f"epoch {st.epoch + 1}/{cfg['epochs']}", leave=False, disable=None, file=sys.stdout)
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{cfg['epochs']}", leave=False, disable=None, file=sys.stdout)
     for step, (x, y) in enumerate(bar):
         # A compiled model is compiled for one batch shape: the tail batch (50,000 = 390 x 128 + 80)
         # would compile forward and backward again, so it runs the same weights eagerly instead.
-        model = step_model if len(y) == loader.batch_size else st.model
-        mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=st.data_gen).item() < cfg["cutmix_prob"]
+        model = step_model if len(y) == loader.batch_size else state.model
+        mixed = cfg["cutmix_prob"] > 0 and torch.rand(1, generator=state.data_gen).item() < cfg["cutmix_prob"]
         with amp_context():
             if mixed:
-                x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], st.data_gen)
+                x, y_a, y_b, lam = cutmix(x, y, cfg["cutmix_alpha"], state.data_gen)
                 out = model(x)
                 loss = lam * criterion(out, y_a) + (1 - lam) * criterion(out, y_b)
             else:
                 out = model(x)
                 loss = criterion(out, y)
-        st.optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        st.optimizer.step()
+        state.optimizer.step()
         with torch.no_grad():
             pred = out.argmax(1)
             correct += (lam * (pred == y_a).sum() + (1 - lam) * (pred == y_b).sum() if mixed
@@ -277,14 +277,14 @@ def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
             # The sum stays finite while every loss is: one check covers all steps since the last.
             loss_sum.add_(loss.detach(), alpha=len(y))
         seen += len(y)
-        if st.compile_pending and model is step_model:
+        if state.compile_pending and model is step_model:
             synchronize(device)
-            st.compile_seconds += time.perf_counter() - t0
-            st.compile_pending = False
+            state.compile_seconds += time.perf_counter() - t0
+            state.compile_pending = False
         if (step + 1) % sync_every == 0 or step + 1 == len(loader):
             if not torch.isfinite(loss_sum):
                 where = f"step {step + 1}" if step == checked else f"steps {checked + 1}-{step + 1}"
-                raise UserError(f"the training loss became NaN/inf at epoch {st.epoch + 1}, {where}; "
+                raise UserError(f"the training loss became NaN/inf at epoch {state.epoch + 1}, {where}; "
                                 f"lower --lr (the last good checkpoint {run_dir / 'last.pt'} is kept)")
             checked = step + 1
         if not bar.disable and (step + 1) % postfix_every == 0:
@@ -293,20 +293,20 @@ def train_epoch(st, step_model, loader, cfg, criterion, amp_context, run_dir):
     return loss_sum.item() / seen, correct.item() / seen, seen
 
 
-def save_epoch(st, cfg, run_dir, is_best):
+def save_epoch(state, cfg, run_dir, is_best):
     """Everything a resume needs, after every epoch; best.pt when the test accuracy is the best yet.
     The time it takes goes into the epoch's history row (after the checkpoint, which holds None)."""
     t0 = time.perf_counter()
-    state = dict(model=st.model.state_dict(), optimizer=st.optimizer.state_dict(),
-                 scheduler=st.scheduler.state_dict(), epoch=st.epoch, history=st.history,
-                 best_acc=st.best_acc, elapsed=st.elapsed, train_elapsed=st.train_elapsed,
-                 compile_seconds=st.compile_seconds, config=cfg,
-                 rng=dict(data=st.data_gen.get_state(), torch=torch.get_rng_state()))
+    state = dict(model=state.model.state_dict(), optimizer=state.optimizer.state_dict(),
+                 scheduler=state.scheduler.state_dict(), epoch=state.epoch, history=state.history,
+                 best_acc=state.best_acc, elapsed=state.elapsed, train_elapsed=state.train_elapsed,
+                 compile_seconds=state.compile_seconds, config=cfg,
+                 rng=dict(data=state.data_gen.get_state(), torch=torch.get_rng_state()))
     save_checkpoint(state, run_dir / "last.pt")
     if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
         atomic_link_or_copy(run_dir / "last.pt", run_dir / "best.pt")  # the same bytes, not serialised twice
-    st.history[-1]["save_seconds"] = round(time.perf_counter() - t0, 3)
-    write_history(st.history, run_dir / "history.csv")
+    state.history[-1]["save_seconds"] = round(time.perf_counter() - t0, 3)
+    write_history(state.history, run_dir / "history.csv")
 
 
 def recover_save_seconds(history, path):
@@ -321,20 +321,20 @@ def recover_save_seconds(history, path):
         history[-1]["save_seconds"] = float(saved)
 
 
-def finish(st, cfg, run_dir):
+def finish(state, cfg, run_dir):
     """curves.png, then config.json, written last: its presence means the run is complete."""
-    plot_curves(st.history, run_dir / "curves.png")
-    final, best = st.history[-1], max(st.history, key=lambda h: h["test_acc"])
-    computing = max(st.train_elapsed - st.compile_seconds, 1e-9)  # images/s leaves compiling out
-    cfg.update(status="complete", wall_seconds=round(st.elapsed, 2),
+    plot_curves(state.history, run_dir / "curves.png")
+    final, best = state.history[-1], max(state.history, key=lambda h: h["test_acc"])
+    computing = max(state.train_elapsed - state.compile_seconds, 1e-9)  # images/s leaves compiling out
+    cfg.update(status="complete", wall_seconds=round(state.elapsed, 2),
                final_test_accuracy=final["test_acc"], best_test_accuracy=best["test_acc"],
-               best_epoch=best["epoch"], compile_seconds=round(st.compile_seconds, 2),
-               train_images_per_second=round(cfg["n_train"] * len(st.history) / computing, 1))
+               best_epoch=best["epoch"], compile_seconds=round(state.compile_seconds, 2),
+               train_images_per_second=round(cfg["n_train"] * len(state.history) / computing, 1))
     save_json(cfg, run_dir / "config.json")
     print(f"done: {run_dir} final test accuracy {100 * final['test_acc']:.2f}% "
-          f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {st.elapsed:.1f} s")
+          f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']}), {state.elapsed:.1f} s")
     return {"run_dir": str(run_dir), "final_test_accuracy": final["test_acc"],
-            "best_test_accuracy": best["test_acc"], "epochs": len(st.history)}
+            "best_test_accuracy": best["test_acc"], "epochs": len(state.history)}
 
 
 def setup(args):
@@ -350,8 +350,8 @@ def setup(args):
     cfg = start_config(args, ckpt, ds, device, run_dir)
     parts = training_parts(cfg, ckpt, ds, device)
     if ckpt is not None:
-        recover_save_seconds(parts.st.history, run_dir / "history.csv")
-        print(f"resuming {run_dir} after epoch {parts.st.epoch}")
+        recover_save_seconds(parts.state.history, run_dir / "history.csv")
+        print(f"resuming {run_dir} after epoch {parts.state.epoch}")
     if parts.note:
         print(parts.note)
     test_loader = DeviceLoader(ds.test_x, ds.test_y, cfg["eval_batch_size"], cfg["mean"], cfg["std"], device)
@@ -364,15 +364,15 @@ def training_parts(cfg, ckpt, ds, device):
     model (compiled if asked), the loss, and the autocast context of the precision that runs.
     Sets cfg["precision"] to what the run really computes in, whatever was asked (a resume may
     move to another device); note says why, when a flag cannot apply on `device`."""
-    st = build_state(cfg, ckpt, device)
+    state = build_state(cfg, ckpt, device)
     loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"],
-                          device, train=True, augment=cfg["augment"], generator=st.data_gen)
+                          device, train=True, augment=cfg["augment"], generator=state.data_gen)
     cfg["precision"], note = precision_of(device, cfg["amp"], cfg.get("tf32", False))
     use_amp = cfg["precision"] == "bf16 autocast"
     mode = cfg["compile"]  # True in configs written before the modes existed
-    st.compile_pending = bool(mode)
-    step_model = torch.compile(st.model, mode="default" if mode is True else mode, dynamic=False) if mode else st.model
-    return SimpleNamespace(st=st, loader=loader, step_model=step_model,
+    state.compile_pending = bool(mode)
+    step_model = torch.compile(state.model, mode="default" if mode is True else mode, dynamic=False) if mode else state.model
+    return SimpleNamespace(state=state, loader=loader, step_model=step_model,
                            criterion=nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
                            amp_context=lambda: autocast(device, use_amp), note=note)
 
@@ -380,32 +380,32 @@ def training_parts(cfg, ckpt, ds, device):
 def run(args):
     tensorboard = TensorBoardLog(args.tensorboard)
     run_dir, cfg, parts, test_loader = setup(args)
-    st = parts.st
-    while st.epoch < cfg["epochs"]:
-        t0, compiling = time.perf_counter(), st.compile_seconds
-        train_loss, train_acc, seen = train_epoch(st, parts.step_model, parts.loader, cfg, parts.criterion,
+    state = parts.state
+    while state.epoch < cfg["epochs"]:
+        t0, compiling = time.perf_counter(), state.compile_seconds
+        train_loss, train_acc, seen = train_epoch(state, parts.step_model, parts.loader, cfg, parts.criterion,
                                                   parts.amp_context, run_dir)
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate_loader(st.model, test_loader, nn.CrossEntropyLoss(), parts.amp_context)
+        test_loss, test_acc = evaluate_loader(state.model, test_loader, nn.CrossEntropyLoss(), parts.amp_context)
         t2 = time.perf_counter()
-        st.elapsed, st.train_elapsed, st.epoch = st.elapsed + t2 - t0, st.train_elapsed + t1 - t0, st.epoch + 1
-        row = dict(epoch=st.epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),
+        state.elapsed, state.train_elapsed, state.epoch = state.elapsed + t2 - t0, state.train_elapsed + t1 - t0, state.epoch + 1
+        row = dict(epoch=state.epoch, train_loss=round(train_loss, 6), train_acc=round(train_acc, 6),
                    test_loss=round(test_loss, 6), test_acc=round(test_acc, 6),
-                   lr=st.optimizer.param_groups[0]["lr"], seconds=round(t2 - t0, 3),
+                   lr=state.optimizer.param_groups[0]["lr"], seconds=round(t2 - t0, 3),
                    train_seconds=round(t1 - t0, 3), test_seconds=round(t2 - t1, 3), save_seconds=None)
-        st.history.append(row)
-        st.scheduler.step()
-        compiled = st.compile_seconds - compiling
-        print(f"epoch {st.epoch}/{cfg['epochs']}: train loss {train_loss:.4f} acc {100 * train_acc:.2f}% | "
+        state.history.append(row)
+        state.scheduler.step()
+        compiled = state.compile_seconds - compiling
+        print(f"epoch {state.epoch}/{cfg['epochs']}: train loss {train_loss:.4f} acc {100 * train_acc:.2f}% | "
               f"test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
               f"{seen / max(t1 - t0 - compiled, 1e-9):.0f} img/s, {t2 - t0:.1f} s"
               + (f" (compiling {compiled:.1f} s)" if compiled else ""), flush=True)
         tensorboard.log(run_dir, row)
-        is_best = test_acc > st.best_acc
-        st.best_acc = max(st.best_acc, test_acc)
-        save_epoch(st, cfg, run_dir, is_best)
+        is_best = test_acc > state.best_acc
+        state.best_acc = max(state.best_acc, test_acc)
+        save_epoch(state, cfg, run_dir, is_best)
     tensorboard.close()
-    return finish(st, cfg, run_dir)
+    return finish(state, cfg, run_dir)
 
 
 def main(argv=None):

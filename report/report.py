@@ -67,8 +67,8 @@ def load_study(study):
         require_file(path, study)
     data.update({f"{side}_metrics": load_metrics(study / run, study) for side, run in RUNS.items()})
     data["failures"] = load_json(paths["failures"], study, "failures")
-    data["comparison"] = cmp = load_json(paths["comparison"], study, "comparison")
-    for stem in cmp["figures"] or []:
+    data["comparison"] = comparison = load_json(paths["comparison"], study, "comparison")
+    for stem in comparison["figures"] or []:
         if stem in OPTIONAL_FIGURES:
             paths[f"cmp_{stem}"] = study / "compare" / f"{stem}.pdf"
             require_file(paths[f"cmp_{stem}"], study)
@@ -79,7 +79,7 @@ def load_study(study):
     # Read last: contract.read_gradcam checks that gradcam.json explains failures.json's cases.
     data["gradcam"] = load_gradcam(study / "baseline", data["failures"]["cases"], study)
     for side, run in RUNS.items():
-        if abs(data[f"{side}_metrics"]["test_accuracy"] - cmp[f"accuracy_{run}"]) > 1e-5:
+        if abs(data[f"{side}_metrics"]["test_accuracy"] - comparison[f"accuracy_{run}"]) > 1e-5:
             raise UserError(f"{paths['comparison']} is older than {paths[side + '_metrics']}; "
                             "re-run compare.py (make study does it)")
     return study, paths, data
@@ -88,30 +88,30 @@ def load_study(study):
 #### Macros and tables
 
 def macros(data, figures, study_name):
-    cmp, failures, cfg_b = data["comparison"], data["failures"], data["base_config"]
-    m = {"StudyName": tex_escape(study_name), "ArchName": setting_text("arch", cfg_b["arch"]),
-         "DatasetName": dataset_name(cfg_b["dataset"], cfg_b.get("num_classes")),
-         "ChangedList": changed_list(cmp["changed_values"]), "NumChanged": str(len(cmp["changed_values"])),
-         "NumClasses": str(cfg_b["num_classes"]),
-         "NumTest": str(cmp["n_test"]), "CamLayer": tex_escape(cmp["gradcam_layer"] or ""),
+    comparison, failures, base_config = data["comparison"], data["failures"], data["base_config"]
+    m = {"StudyName": tex_escape(study_name), "ArchName": setting_text("arch", base_config["arch"]),
+         "DatasetName": dataset_name(base_config["dataset"], base_config.get("num_classes")),
+         "ChangedList": changed_list(comparison["changed_values"]), "NumChanged": str(len(comparison["changed_values"])),
+         "NumClasses": str(base_config["num_classes"]),
+         "NumTest": str(comparison["n_test"]), "CamLayer": tex_escape(comparison["gradcam_layer"] or ""),
          "NumCases": str(len(failures["cases"])),
-         "NumCasesFixed": str(sum(c["fixed"] for c in cmp["cases"] or [])),
-         "AccDiff": signed(cmp["accuracy_difference"]), "CILow": signed(cmp["bootstrap_ci95"][0]),
-         "CIHigh": signed(cmp["bootstrap_ci95"][1]), "BootstrapResamples": str(cmp["bootstrap"]["resamples"]),
-         "McNemarP": p_tex(cmp["mcnemar_p"]), "GitCommit": tex_escape(cmp["git_commit"] or "unknown"),
+         "NumCasesFixed": str(sum(c["fixed"] for c in comparison["cases"] or [])),
+         "AccDiff": signed(comparison["accuracy_difference"]), "CILow": signed(comparison["bootstrap_ci95"][0]),
+         "CIHigh": signed(comparison["bootstrap_ci95"][1]), "BootstrapResamples": str(comparison["bootstrap"]["resamples"]),
+         "McNemarP": p_tex(comparison["mcnemar_p"]), "GitCommit": tex_escape(comparison["git_commit"] or "unknown"),
          # Synthetic images come with the object's box, which gradcam.py draws.
-         "BoxNote": "The dashed box marks the object." if cfg_b["dataset"] == "synthetic" else ""}
+         "BoxNote": "The dashed box marks the object." if base_config["dataset"] == "synthetic" else ""}
     for key in ("corrected", "worsened", "both_wrong", "both_right"):
         name = "".join(w.title() for w in key.split("_"))
-        m[name], m[name + "Share"] = str(cmp[key]), pct(cmp["shares"][key], 1)
+        m[name], m[name + "Share"] = str(comparison[key]), pct(comparison["shares"][key], 1)
     for side, who in (("Base", "base"), ("Impr", "impr")):
-        cfg, met = data[f"{who}_config"], data[f"{who}_metrics"]
-        m.update({f"{side}AccEval": pct(met["test_accuracy"]), f"{side}TopFive": pct(met["top5_accuracy"]),
+        cfg, metrics = data[f"{who}_config"], data[f"{who}_metrics"]
+        m.update({f"{side}AccEval": pct(metrics["test_accuracy"]), f"{side}TopFive": pct(metrics["top5_accuracy"]),
                   f"{side}Checkpoint": ("imported" if cfg.get("imported") else
-                                        checkpoint_name(met.get("checkpoint", "last")))})
-    t, nb, ni = at_threshold(cmp)
+                                        checkpoint_name(metrics.get("checkpoint", "last")))})
+    t, nb, ni = at_threshold(comparison)
     m.update(HighConfThreshold=f"{t:g}", HighConfBase=str(nb), HighConfImpr=str(ni))
-    for kind, rows in (("Gain", cmp["top_gains"]), ("Loss", cmp["top_losses"])):
+    for kind, rows in (("Gain", comparison["top_gains"]), ("Loss", comparison["top_losses"])):
         m[f"Top{kind}Name"] = tex_escape(rows[0]["name"]) if rows else "none"
         m[f"Top{kind}Change"] = signed(rows[0]["change"], 1) if rows else signed(0, 1)
     m.update(prose(data))
@@ -127,30 +127,30 @@ def macros(data, figures, study_name):
 
 
 def config_table(data, changed):
-    cfg_b, cfg_i = data["base_config"], data["impr_config"]
-    keys = [k for k in SETTINGS if k in cfg_b or k in cfg_i] + sorted(set(changed) - set(SETTINGS))
+    base_config, impr_config = data["base_config"], data["impr_config"]
+    keys = [k for k in SETTINGS if k in base_config or k in impr_config] + sorted(set(changed) - set(SETTINGS))
     ragged = r">{\raggedright\arraybackslash}"
-    names = (tex_escape(cfg_b.get("name", "baseline")), tex_escape(cfg_i.get("name", "improved")))
+    names = (tex_escape(base_config.get("name", "baseline")), tex_escape(impr_config.get("name", "improved")))
     lines = [rf"\begin{{tabularx}}{{\linewidth}}{{@{{}}{ragged}p{{0.36\linewidth}}{ragged}X{ragged}X@{{}}}}",
              r"\toprule", rf"setting & {names[0]} & {names[1]} \\",
              r"\midrule"]
     def shown(cfg, k):  # an imported model's recipe is unknown, not "--"
         return "unknown" if cfg.get("imported") and k not in cfg else setting_text(k, cfg.get(k))
-    if cfg_b.get("imported") or cfg_i.get("imported"):
+    if base_config.get("imported") or impr_config.get("imported"):
         lines.append(r"weights & " + " & ".join(
             rf"imported: \texttt{{{tex_escape(Path(c['imported']['weights']).name)}}}" if c.get("imported")
-            else "trained here" for c in (cfg_b, cfg_i)) + r" \\")
+            else "trained here" for c in (base_config, impr_config)) + r" \\")
     for k in keys:
-        if not setting_shown(k, cfg_b, cfg_i) and k not in changed:
+        if not setting_shown(k, base_config, impr_config) and k not in changed:
             continue
-        b, i = shown(cfg_b, k), shown(cfg_i, k)
+        b, i = shown(base_config, k), shown(impr_config, k)
         label = tex_escape(setting_label(k))
         lines.append(rf"\rowcolor{{changed}}\textbf{{{label}}} & \textbf{{{b}}} & \textbf{{{i}}} \\"
                      if k in changed else rf"{label} & {b} & {i} \\")
-    met_b, met_i = data["base_metrics"], data["impr_metrics"]
+    base_metrics, impr_metrics = data["base_metrics"], data["impr_metrics"]
 
     def row(label, f):
-        return rf"{label} & {f(cfg_b, met_b)} & {f(cfg_i, met_i)} \\"
+        return rf"{label} & {f(base_config, base_metrics)} & {f(impr_config, impr_metrics)} \\"
 
     def trained(f):  # what only a run trained here knows
         return lambda c, m: "unknown" if c.get("imported") else f(c, m)
@@ -167,12 +167,12 @@ def config_table(data, changed):
     return "\n".join(lines) + "\n"
 
 
-def two_by_two_table(cmp):
-    n, s = cmp["n_test"], cmp["shares"]
+def two_by_two_table(comparison):
+    n, s = comparison["n_test"], comparison["shares"]
 
     def cell(key):
-        return f"{cmp[key]} ({pct(s[key], 1)}\\,\\%)"
-    right_b, right_i = cmp["both_right"] + cmp["worsened"], cmp["both_right"] + cmp["corrected"]
+        return f"{comparison[key]} ({pct(s[key], 1)}\\,\\%)"
+    right_b, right_i = comparison["both_right"] + comparison["worsened"], comparison["both_right"] + comparison["corrected"]
     return "\n".join([
         r"\begin{tabular}{@{}lrrr@{}}", r"\toprule",
         r" & improved right & improved wrong & total \\", r"\midrule",
@@ -181,10 +181,10 @@ def two_by_two_table(cmp):
         r"\midrule", rf"total & {right_i} & {n - right_i} & {n} \\", r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def high_confidence_table(cmp):
+def high_confidence_table(comparison):
     lines = [r"\begin{tabular}{@{}rrrr@{}}", r"\toprule", r"$t$ & baseline & improved & change \\",
              r"\midrule"]
-    for r in cmp["high_confidence_errors"]:
+    for r in comparison["high_confidence_errors"]:
         rel = ("--" if r["relative_reduction"] is None
                else rf"\ensuremath{{{-100 * r['relative_reduction']:+.0f}}}\,\%")
         lines.append(f"{r['threshold']:g} & {r['baseline']} & {r['improved']} & {rel} \\\\")
@@ -204,8 +204,8 @@ def evidence_text(ev):
     return f"{one('pred.', ev['pred'])}; {one('true', ev['true'])}; {corr}"
 
 
-def cases_table(failures, gradcam, cmp):
-    later = {c["index"]: c for c in cmp["cases"] or []}
+def cases_table(failures, gradcam, comparison):
+    later = {c["index"]: c for c in comparison["cases"] or []}
     lines = [r"\begin{tabularx}{\linewidth}{@{}r>{\raggedright\arraybackslash}p{0.25\linewidth}rr"
              r">{\raggedright\arraybackslash}X>{\raggedright\arraybackslash}p{0.15\linewidth}@{}}",
              r"\toprule",
@@ -248,12 +248,12 @@ def write_sources(study, paths, data, report_dir, scale=1):
     if not TEMPLATE.is_file():
         raise UserError(f"the LaTeX source {TEMPLATE} is missing; restore it from git")
     figures = figure_paths(paths, report_dir)
-    cmp = data["comparison"]
+    comparison = data["comparison"]
     write_text(report_dir / "macros.tex", macros(data, dict(figures, FigScale=f"{scale:g}"), study.name))
-    write_text(report_dir / "table-config.tex", config_table(data, cmp["changed_settings"]))
-    write_text(report_dir / "table-twobytwo.tex", two_by_two_table(cmp))
-    write_text(report_dir / "table-highconf.tex", high_confidence_table(cmp))
-    write_text(report_dir / "table-cases.tex", cases_table(data["failures"], data["gradcam"], cmp))
+    write_text(report_dir / "table-config.tex", config_table(data, comparison["changed_settings"]))
+    write_text(report_dir / "table-twobytwo.tex", two_by_two_table(comparison))
+    write_text(report_dir / "table-highconf.tex", high_confidence_table(comparison))
+    write_text(report_dir / "table-cases.tex", cases_table(data["failures"], data["gradcam"], comparison))
     write_text(report_dir / "figures.txt", "".join(f"{p}\n" for p in figures.values()))
     write_text(report_dir / "report.tex", TEMPLATE.read_text())
     return figures

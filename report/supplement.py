@@ -71,8 +71,8 @@ model & Grad-CAM & random & better & Grad-CAM & random & better \\\midrule
 """
 
 
-def corruption_section(cmp):
-    c = cmp["corruptions"]
+def corruption_section(comparison):
+    c = comparison["corruptions"]
     if c is None:
         return "\\section{Corruptions}\nNo corruption grids: run corruptions.py on both models.\n"
     rows = "\n".join(f"{tex_escape(r['name'].replace('_', ' '))} & {pct(r['baseline'])} & {pct(r['improved'])} & "
@@ -116,8 +116,8 @@ def suspects_fixed_threshold_text(sus):
             "others shared mistakes: they are a list to check by eye, not a verdict.\n")
 
 
-def suspects_section(cmp, study, report_dir):
-    sus = cmp["label_error_suspects"]
+def suspects_section(comparison, study, report_dir):
+    sus = comparison["label_error_suspects"]
     if sus is None:
         return ""
     text = "\\section{Possible label errors}\n" + (suspects_rule_text(sus) if sus["rule"] is not None
@@ -159,14 +159,14 @@ def run(args):
     for path in [*paths.values(), *(study / m / "faithfulness.png" for m in MODELS)]:
         require_file(path, study)
     # Everything is read and checked (study.py) before anything is written.
-    cmp = load_json(paths["comparison"], study, "comparison")
+    comparison = load_json(paths["comparison"], study, "comparison")
     faith = {m: load_json(paths[m], study, "faithfulness results") for m in MODELS}
     configs = {m: load_config(study / m, study) for m in MODELS}
     extra = load_extras(study, paths)
     report_dir = out.parent / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     body = (faithfulness_section(study.resolve(), faith, configs, report_dir.resolve())
-            + corruption_section(cmp) + suspects_section(cmp, study.resolve(), report_dir.resolve())
+            + corruption_section(comparison) + suspects_section(comparison, study.resolve(), report_dir.resolve())
             + seeds_and_ablation_section(extra["seeds"], extra["ablation"]))
     if not TEMPLATE.is_file():
         raise UserError(f"the LaTeX source {TEMPLATE} is missing; restore it from git")

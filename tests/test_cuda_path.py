@@ -104,9 +104,9 @@ def test_history_says_where_each_epoch_went_and_best_is_last_at_its_epoch(tmp_pa
     saved = {}
     real_save = train.save_epoch
 
-    def save(st, cfg, run_dir, is_best):
-        real_save(st, cfg, run_dir, is_best)
-        saved[st.epoch] = (run_dir / "last.pt").read_bytes()
+    def save(state, cfg, run_dir, is_best):
+        real_save(state, cfg, run_dir, is_best)
+        saved[state.epoch] = (run_dir / "last.pt").read_bytes()
     monkeypatch.setattr(train, "save_epoch", save)
     run_train(tmp_path, "h", "--epochs", "3", "--limit-train", "200", "--limit-test", "50")
     run = tmp_path / "h"

@@ -66,14 +66,14 @@ def test_a_training_epoch_waits_for_the_gpu_only_at_its_checks(flags):
     epoch's random draws, the NaN check every 50 steps and at the last, the two final means. One
     wait per step would give over 100."""
     parts, cfg = epoch_setup(*flags)
-    st, loader = parts.st, parts.loader
-    train.train_epoch(st, st.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))  # first-call set-up
+    state, loader = parts.state, parts.loader
+    train.train_epoch(state, state.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))  # first-call set-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train.train_epoch(st, st.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))
+            train.train_epoch(state, state.model, loader, cfg, parts.criterion, parts.amp_context, Path("."))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     waits = [w for w in caught if "synchroniz" in str(w.message).lower()]

@@ -15,7 +15,7 @@ import gradcam
 import train
 from cam import grad_cam
 from common import DEFAULT_CAM_LAYER, UserError, build_model, normalize
-from contract import dataset_from_config, load_run
+from contract import dataset_from_config, load_checkpoint_model
 from hypotheses import compose_hypothesis
 
 
@@ -269,7 +269,7 @@ def synthetic_run(tmp_path_factory):
 
 
 def test_peak_falls_inside_the_object(synthetic_run):
-    model, config, _ = load_run(synthetic_run)
+    model, config, _ = load_checkpoint_model(synthetic_run)
     ds = dataset_from_config(config)
     x = normalize(ds.test_x, config["mean"], config["std"])
     with torch.no_grad():

@@ -57,8 +57,8 @@ def test_each_checkpoint_form_imports_and_reproduces_the_run(run, tmp_path, form
     assert config["status"] == "imported" and config["imported"]["weights"] == str(path)
     assert "epochs" not in config and "history.csv" not in {p.name for p in out.iterdir()}
     assert config["mean"] == json.loads((run / "config.json").read_text())["mean"]
-    # The imported folder is a run like any other: load_run rebuilds the same model.
-    model, _, _ = contract.load_run(out)
+    # The imported folder is a run like any other: load_checkpoint_model rebuilds the same model.
+    model, _, _ = contract.load_checkpoint_model(out)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), weights_of(run).values()))
 
 

@@ -49,16 +49,16 @@ def one_pass(ckpt, cfg, ds, test_loader, device, seed, bf16):
     """Test accuracy (float32) after one pass from the checkpoint, and the pass's images/s."""
     # A copy: the optimizer adopts the checkpoint's momentum tensors as they are and updates them
     # in place, which would start the next pass from this one's end.
-    st = build_state(cfg, copy.deepcopy(ckpt), device)
-    st.data_gen.manual_seed(seed)
+    state = build_state(cfg, copy.deepcopy(ckpt), device)
+    state.data_gen.manual_seed(seed)
     loader = DeviceLoader(ds.train_x, ds.train_y, cfg["batch_size"], cfg["mean"], cfg["std"], device,
-                          train=True, augment=cfg["augment"], generator=st.data_gen)
+                          train=True, augment=cfg["augment"], generator=state.data_gen)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     t0 = time.perf_counter()
-    train_loss, train_acc, seen = train_epoch(st, st.model, loader, cfg, criterion,
+    train_loss, train_acc, seen = train_epoch(state, state.model, loader, cfg, criterion,
                                               lambda: autocast(device, bf16), Path("(amp_check)"))
     speed = seen / (time.perf_counter() - t0)
-    test_acc = float32_accuracy(st.model, test_loader)
+    test_acc = float32_accuracy(state.model, test_loader)
     return dict(seed=seed, precision="bf16 autocast" if bf16 else "float32", train_loss=round(train_loss, 6),
                 train_acc=round(train_acc, 6), test_acc=round(test_acc, 6), images_per_second=round(speed, 1))
 

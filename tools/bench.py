@@ -102,11 +102,11 @@ def epoch_rates(ds, args, device, precision, compile_mode):
     parts = train.training_parts(cfg, None, subset, device)
 
     def epoch():
-        train.train_epoch(parts.st, parts.step_model, parts.loader, cfg, parts.criterion, parts.amp_context,
+        train.train_epoch(parts.state, parts.step_model, parts.loader, cfg, parts.criterion, parts.amp_context,
                           Path("."))
     first = timed(epoch, device)
     seconds = timed(lambda: [epoch() for _ in range(args.epochs)], device)
-    return len(parts.loader.labels) * args.epochs / seconds, first, parts.st.compile_seconds
+    return len(parts.loader.labels) * args.epochs / seconds, first, parts.state.compile_seconds
 
 
 def loader_rate(ds, args, device):

@@ -51,13 +51,13 @@ def setup(args):
     ds = common.load_dataset("synthetic", limit_train=n, limit_test=256)
     cfg = dict(vars(targs), num_classes=ds.num_classes, mean=[0.5] * 3, std=[0.25] * 3, epochs=50)
     common.seed_everything(0)
-    st = train.build_state(cfg, None, device)
+    state = train.build_state(cfg, None, device)
 
     def loader(k=None):
         return common.DeviceLoader(ds.train_x[:k], ds.train_y[:k], args.batch_size, cfg["mean"], cfg["std"],
-                                   device, train=True, augment="crop-flip", generator=st.data_gen)
+                                   device, train=True, augment="crop-flip", generator=state.data_gen)
     test_loader = common.DeviceLoader(ds.test_x, ds.test_y, 1024, cfg["mean"], cfg["std"], device)
-    return torch, train, st, cfg, loader, test_loader
+    return torch, train, state, cfg, loader, test_loader
 
 
 def median_seconds(fn, repeats):
@@ -71,25 +71,25 @@ def median_seconds(fn, repeats):
 
 def main(argv=None):
     args = parse(argv)
-    torch, train, st, cfg, loader, test_loader = setup(args)
+    torch, train, state, cfg, loader, test_loader = setup(args)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     run_dir = Path(tempfile.mkdtemp())
 
     def epoch(batches):
-        train.train_epoch(st, st.model, batches, cfg, criterion, contextlib.nullcontext, run_dir)
+        train.train_epoch(state, state.model, batches, cfg, criterion, contextlib.nullcontext, run_dir)
     full = loader()
     epoch(full)  # warm-up: first-call allocations
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         epoch(loader(args.batch_size * args.profile_steps))
     ops = sum(e.count for e in prof.key_averages()) / args.profile_steps
     step_s = median_seconds(lambda: epoch(full), args.repeats) / args.steps
-    test_s = median_seconds(lambda: train.evaluate_loader(st.model, test_loader, torch.nn.CrossEntropyLoss(),
+    test_s = median_seconds(lambda: train.evaluate_loader(state.model, test_loader, torch.nn.CrossEntropyLoss(),
                                                           contextlib.nullcontext), args.repeats)
-    st.epoch, st.best_acc = 1, 0.5
-    st.history = [dict(epoch=e, train_loss=1.0, train_acc=0.5, test_loss=1.0, test_acc=0.5, lr=0.1,
+    state.epoch, state.best_acc = 1, 0.5
+    state.history = [dict(epoch=e, train_loss=1.0, train_acc=0.5, test_loss=1.0, test_acc=0.5, lr=0.1,
                        seconds=1.0) for e in range(1, 11)]
-    save_best = median_seconds(lambda: train.save_epoch(st, cfg, run_dir, True), args.repeats)
-    save_plain = median_seconds(lambda: train.save_epoch(st, cfg, run_dir, False), args.repeats)
+    save_best = median_seconds(lambda: train.save_epoch(state, cfg, run_dir, True), args.repeats)
+    save_plain = median_seconds(lambda: train.save_epoch(state, cfg, run_dir, False), args.repeats)
     print(f"{args.root}: {args.arch}, batch {args.batch_size}, CutMix p={args.cutmix_prob}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"profiler ops per training step: {ops:.0f}")
