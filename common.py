@@ -104,6 +104,8 @@ def seed_everything(seed, deterministic=False):
 
 
 DEVICE_HELP = "auto (cuda, else mps, else cpu) or any torch device: cpu, cuda, cuda:1, mps"
+DATASET_HELP = ("cifar100, cifar10, synthetic, a folder with train/<class>/ and test/<class>/ images, "
+                "or the path of an official-format .tar.gz")
 
 
 def _available(device):
@@ -259,20 +261,41 @@ def provenance():
 #### Atomic output: a crash or a bad input never leaves a half-written file behind
 
 def atomic_write(path, write_fn, mode="wb"):
-    """Call write_fn(file) on a temporary file next to path, then rename it over path."""
+    """Call write_fn(file) on a temporary file next to path, then rename it over path.
+
+    The bytes reach the disk before the rename, and the rename before this returns: on a network
+    file system a node that fails after a rename without fsync can leave the new name on a
+    truncated file, and a requeued job would resume from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
         umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(folder):
+    """Make a rename in folder durable (a no-op where directories cannot be opened for it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_link_or_copy(src, dst):
@@ -287,7 +310,10 @@ def atomic_link_or_copy(src, dst):
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, dst)
+        fsync_dir(dst.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -38,7 +38,7 @@ SETTINGS = {  # config.json key -> row of the report's configuration table, in t
 # train.py flags that are not settings: where the run lives, the device, what is only logged or
 # asked once. A resume may change none of them but the device; runs that differ in them compare.
 RUN_OPTIONS = ("name", "runs_dir", "data_dir", "no_download", "device", "eval_batch_size", "tensorboard",
-               "resume", "overwrite")
+               "resume", "overwrite", "auto_resume")
 
 # What produced a file, in config.json and every JSON a step writes (common.provenance()).
 PROVENANCE_KEYS = ("git_commit", "torch_version", "torchvision_version", "python_version", "working_dir")

@@ -10,6 +10,7 @@ The second variant (CIFAR-10, SimpleCNN, Adam), on the folder copy of CIFAR-10:
 """
 import csv
 import io
+import os
 import shutil
 import sys
 import time
@@ -20,11 +21,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (ARCHS, DEVICE_HELP, DeviceLoader, UserError, arg_parser, at_least, atomic_link_or_copy,
-                    atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
+from common import (ARCHS, DATASET_HELP, DEVICE_HELP, DeviceLoader, UserError, arg_parser, at_least,
+                    atomic_link_or_copy, atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
                     float_in, git_commit, load_checkpoint, load_dataset, precision_of, provenance, pyplot,
                     resolve_device, save_checkpoint, save_figure, save_json, seed_everything, synchronize)
 from contract import dataset_from_config
+from settings import changed_settings
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
 # seconds = train_seconds + test_seconds (the epoch's computing); save_seconds: its checkpoints.
@@ -38,8 +40,7 @@ def build_parser():
     a = p.add_argument
     # Defaults are the reference notebook's baseline protocol (see ../shared/FACTS.md).
     a("--arch", default="resnet18", choices=ARCHS, help="network")
-    a("--dataset", default="cifar100", help="cifar100, cifar10, synthetic, a folder with "
-      "train/<class>/ and test/<class>/ images, or the path of an official-format .tar.gz")
+    a("--dataset", default="cifar100", help=DATASET_HELP)
     a("--epochs", type=at_least(1), default=50, help="training epochs")
     a("--batch-size", type=at_least(1), default=128, help="training images per step")
     a("--optimizer", default="sgd", choices=("sgd", "adam"), help="optimizer")
@@ -72,6 +73,9 @@ def build_parser():
     a("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     a("--resume", action="store_true", help="continue runs/<name>/last.pt with its saved config")
     a("--overwrite", action="store_true", help="replace an existing run of the same name")
+    a("--auto-resume", action="store_true", help="resume runs/<name>/last.pt if it holds an unfinished "
+      "run of the same settings, else start afresh, replacing the folder (what make and a requeued "
+      "Slurm job run: the same command whether or not an earlier attempt got some epochs done)")
     a("--limit-train", type=at_least(1), default=None, help="train on a fixed random subset of N images")
     a("--limit-test", type=at_least(1), default=None, help="test on a fixed random subset of N images")
     a("--eval-batch-size", type=at_least(1), default=1024, help="test images per forward pass")
@@ -83,8 +87,8 @@ def build_parser():
 def check_args(args, parser):
     """Reject flags that conflict, before anything is read or written (each value's own bounds are
     its type=), and fill in the defaults that depend on other flags."""
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite cannot be combined")
+    if sum((args.resume, args.overwrite, args.auto_resume)) > 1:
+        parser.error("--resume, --overwrite and --auto-resume cannot be combined")
     if args.lr is None:
         args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
     if args.name is None:
@@ -183,6 +187,8 @@ def prepare_run(args):
     """Decide between a fresh run and a resumed one; never clobber a run without --overwrite."""
     run_dir = Path(args.runs_dir) / args.name
     existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if args.auto_resume:
+        return run_dir, unfinished_checkpoint(args, run_dir)
     if args.resume:
         ckpt = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
         if ckpt is None:
@@ -194,6 +200,26 @@ def prepare_run(args):
     return run_dir, None
 
 
+def device_share():
+    """Where tools/launch.py placed this run and how many runs may share its GPU: the timing
+    figures (images/s, wall time) of a run that shared its device are not a lone run's."""
+    return {"device_slot": os.environ.get("LAUNCH_SLOT"),
+            "device_shared_by": int(os.environ.get("LAUNCH_JOBS_PER_GPU", "1"))}
+
+
+def unfinished_checkpoint(args, run_dir):
+    """--auto-resume: last.pt if it is an unfinished run (config.json, written last, is absent) of
+    the settings given, else None, and the folder is replaced as with --overwrite."""
+    if (run_dir / "last.pt").is_file() and not (run_dir / "config.json").is_file():
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        differ = changed_settings(ckpt["config"], vars(args))
+        if not differ:
+            return ckpt
+        print(f"note: {run_dir / 'last.pt'} is a run with other {', '.join(differ)}; starting afresh")
+    args.overwrite = True
+    return None
+
+
 def start_config(args, ckpt, ds, device, run_dir):
     """The run's configuration: the saved one when resuming, else the flags plus what the data
     and the machine say (classes, normalisation, versions); a fresh run gets an empty folder."""
@@ -201,16 +227,17 @@ def start_config(args, ckpt, ds, device, run_dir):
         # A resume may run other code than the start did: each one's commit is kept, so that
         # config.json's git_commit (the start's) does not stand for epochs it did not run.
         resumed = list(ckpt["config"].get("resumed", [])) + [
-            dict(after_epoch=ckpt["epoch"], git_commit=git_commit())]
-        # The device is the only flag a resume may change.
-        return dict(ckpt["config"], device=args.device, resumed=resumed)
+            dict(after_epoch=ckpt["epoch"], git_commit=git_commit(), device_slot=os.environ.get("LAUNCH_SLOT"))]
+        # The device is the only flag a resume may change (and where it ran: a requeued job moves).
+        return dict(ckpt["config"], device=args.device, resumed=resumed, **device_share())
     # Not settings, so not saved: --tensorboard only logs, and is given again with --resume.
-    cfg = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "argv", "tensorboard")}
+    cfg = {k: v for k, v in vars(args).items()
+           if k not in ("resume", "overwrite", "auto_resume", "argv", "tensorboard")}
     mean, std = channel_stats(ds.train_x)
     cfg.update(command="python train.py " + " ".join(args.argv), num_classes=ds.num_classes,
                classes=ds.classes, superclasses=ds.superclasses, mean=mean, std=std,
                n_train=len(ds.train_y), n_test=len(ds.test_y), **provenance(),
-               device_name=device_name(device), status="running")
+               device_name=device_name(device), status="running", **device_share())
     if run_dir.exists() and args.overwrite:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,12 +324,12 @@ def save_epoch(state, cfg, run_dir, is_best):
     """Everything a resume needs, after every epoch; best.pt when the test accuracy is the best yet.
     The time it takes goes into the epoch's history row (after the checkpoint, which holds None)."""
     t0 = time.perf_counter()
-    state = dict(model=state.model.state_dict(), optimizer=state.optimizer.state_dict(),
+    saved = dict(model=state.model.state_dict(), optimizer=state.optimizer.state_dict(),
                  scheduler=state.scheduler.state_dict(), epoch=state.epoch, history=state.history,
                  best_acc=state.best_acc, elapsed=state.elapsed, train_elapsed=state.train_elapsed,
                  compile_seconds=state.compile_seconds, config=cfg,
                  rng=dict(data=state.data_gen.get_state(), torch=torch.get_rng_state()))
-    save_checkpoint(state, run_dir / "last.pt")
+    save_checkpoint(saved, run_dir / "last.pt")
     if is_best:  # best-on-test peeks at the test set; evaluate.py defaults to last.pt
         atomic_link_or_copy(run_dir / "last.pt", run_dir / "best.pt")  # the same bytes, not serialised twice
     state.history[-1]["save_seconds"] = round(time.perf_counter() - t0, 3)

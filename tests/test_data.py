@@ -189,12 +189,12 @@ def test_a_touched_or_replaced_archive_is_read_again(tmp_path, monkeypatch):
     checked = []
     real_md5 = common.file_md5
     monkeypatch.setattr(common, "file_md5", lambda p: checked.append(p) or real_md5(p))
-    state = path.stat()
-    os.utime(path, ns=(state.st_atime_ns, state.st_mtime_ns + 10**9))  # the same bytes, a new mtime
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the same bytes, a new mtime
     assert_same_dataset(load_dataset(str(path), tmp_path / "data"), first)
     assert len(checked) == 1
     write_archive(path, "cifar10", 30, 10, seed=1, level=0)  # other pixels, the same size
-    assert path.stat().st_size == state.st_size
+    assert path.stat().st_size == stat.st_size
     assert not torch.equal(load_dataset(str(path), tmp_path / "data").train_x, first.train_x)
     write_archive(path, "cifar10", 40, 10, seed=0)  # another size
     assert len(load_dataset(str(path), tmp_path / "data").train_y) == 40 and len(checked) == 3

@@ -15,6 +15,7 @@ the command it runs resumes from the run's last epoch. This script waits until t
 finished: a preempted or requeued job is still waited for, and the job's own exit status (written
 by the job, read here) says whether it succeeded. A failure names the job's log.
 """
+import argparse
 import fcntl
 import os
 import re
@@ -24,9 +25,18 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: common.py is in the repository's root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import UserError, arg_parser, atomic_write, cli_guard
+# No project import: common.py imports torch, which would cost each step a second or two here,
+# and the launcher runs before every GPU step of a sweep.
+
+
+class UserError(Exception):
+    """A problem the user can fix; main() prints it as one line and exits 1."""
+
+
+def write_atomically(path, text):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 # Slurm job states after which the job will not run again by itself (squeue/scontrol names).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -144,7 +154,8 @@ def submit(args, command, status_file):
     log = Path(args.log).resolve()
     log.parent.mkdir(parents=True, exist_ok=True)
     script = Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.sh"
-    atomic_write(script, lambda f: f.write(batch_script(command, status_file, Path.cwd())), mode="w")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(script, batch_script(command, status_file, Path.cwd()))
     flags = ["--parsable", "--requeue", "--job-name", job_name(args.name), "--output", str(log),
              "--open-mode", "append", f"--signal=B:USR1@{args.signal_seconds}"]
     flags += ["--partition", args.partition] if args.partition else []
@@ -189,7 +200,8 @@ def run_slurm(args, command):
 
 
 def build_parser():
-    p = arg_parser(__doc__)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=("local", "slurm"), default="local", help="the Makefile's LAUNCH")
     p.add_argument("--name", required=True, help="the run this step makes, e.g. smoke/seed43/baseline")
     p.add_argument("--log", required=True, help="the Slurm job's log file (slurm)")
@@ -213,7 +225,10 @@ def run(args):
 
 
 def main(argv=None):
-    return cli_guard(run, build_parser().parse_args(argv))
+    try:
+        return run(build_parser().parse_args(argv))
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
