@@ -106,6 +106,35 @@ seed_of = $(patsubst seed%,%,$(filter seed%,$(subst /, ,$(1))))
 flags_of = $(TRAIN_FLAGS) $(call role_flags,$(notdir $(1))) $(if $(call seed_of,$(1)),--seed $(call seed_of,$(1))) $(EXTRA_FLAGS)
 seed_dir = $(if $(filter 42,$(1)),$(S),$(S)/seed$(1))
 
+# Where the GPU steps run (training, evaluation, Grad-CAM, corruptions, faithfulness, the
+# comparison's Grad-CAM): tools/launch.py gives each a GPU slot of its own on this box, so that
+# make -j uses every GPU (GPUS: which, default all; JOBS_PER_GPU steps at once per GPU), or with
+# LAUNCH=slurm submits each as a Slurm job and waits for it (SLURM_PARTITION, SLURM_TIME,
+# SLURM_GPUS per job, SBATCH_FLAGS for anything else sbatch takes).
+LAUNCH ?= local
+GPUS ?=
+JOBS_PER_GPU ?= 1
+SLURM_PARTITION ?=
+SLURM_TIME ?=
+SLURM_GPUS ?= 1
+SBATCH_FLAGS ?=
+ifeq ($(filter local slurm,$(LAUNCH)),)
+  $(error unknown LAUNCH=$(LAUNCH): use local or slurm)
+endif
+LAUNCH_DIR := $(RUNS_DIR)/.launch
+LAUNCH_FLAGS := --lock-dir $(LAUNCH_DIR) $(if $(GPUS),--gpus "$(GPUS)") \
+  $(if $(filter-out 1,$(JOBS_PER_GPU)),--per-gpu $(JOBS_PER_GPU)) \
+  $(if $(filter slurm,$(LAUNCH)),--mode slurm --gpus-per-job $(SLURM_GPUS) \
+    $(if $(SLURM_PARTITION),--partition $(SLURM_PARTITION)) $(if $(SLURM_TIME),--time $(SLURM_TIME)) \
+    $(if $(SBATCH_FLAGS),--sbatch-flags "$(SBATCH_FLAGS)"))
+# $(call launch,<step>): the prefix of a GPU step's command, named for its run folder and step;
+# a Slurm job's log is $(S)/logs/<run>-<step>.log.
+launch = $(PY) tools/launch.py --name $(patsubst $(RUNS_DIR)/%,%,$(@D))/$(1) \
+  $(if $(filter slurm,$(LAUNCH)),--log $(S)/logs/$(subst /,-,$(patsubst $(S)/%,%,$(@D)))-$(1).log) \
+  $(strip $(LAUNCH_FLAGS)) --
+# The dataset is fetched and decoded once, before parallel trainings would each download it.
+DATA_READY := $(S)/.data-ready
+
 CORRUPT_FLAGS ?=
 FAITH_FLAGS ?=
 # Optional analyst input: a JSON object {"<test index>": "hypothesis text"} for the baseline's cases.
@@ -134,8 +163,11 @@ help:
 	@echo "make ablation             CutMix only and label smoothing only, beside baseline and both"
 	@echo "make bench                training throughput: reference pipeline vs this one"
 	@echo "make clean                remove the smoke run and caches; clean-all also removes runs/"
+	@echo "make -j4 seeds GPUS=\"0 1\" JOBS_PER_GPU=2   GPU steps spread over GPUs 0 and 1, 2 at once on each"
+	@echo "make -j64 seeds LAUNCH=slurm SLURM_PARTITION=gpu SLURM_TIME=4:00:00   each GPU step a Slurm job"
 	@echo "variables: STUDY DATA_DIR RUNS_DIR DEVICE EPOCHS MILESTONES DATASET CHECKPOINT EXTRA_FLAGS PY"
 	@echo "           HYPOTHESES CORRUPT_FLAGS FAITH_FLAGS SEEDS BASELINE_WEIGHTS IMPROVED_WEIGHTS IMPORT_FLAGS"
+	@echo "           LAUNCH GPUS JOBS_PER_GPU SLURM_PARTITION SLURM_TIME SLURM_GPUS SBATCH_FLAGS"
 
 env: $(ENV)
 $(VENV)/.installed: requirements.txt
@@ -165,10 +197,15 @@ $(S)/%.flags: FORCE
 	@mkdir -p $(@D)
 	@echo '$(call flags_of,$*)' | cmp -s - $@ || echo '$(call flags_of,$*)' > $@
 
-$(S)/%/config.json: $(S)/%.flags | $(ENV)
-	@if [ -f $(@D)/last.pt ] && [ ! -f $@ ]; then mode=--resume; else mode=--overwrite; fi; \
-	set -x; $(PY) train.py --name $* --runs-dir $(S) --data-dir $(DATA_DIR) --device $(DEVICE) \
-	  $$mode $$( [ $$mode = --resume ] || cat $< )
+$(DATA_READY): | $(ENV)
+	$(PY) tools/prepare_data.py --dataset $(DATASET) --data-dir $(DATA_DIR)
+	@mkdir -p $(@D) && touch $@
+
+# --auto-resume: an unfinished run of the same flags continues from its last epoch (an interrupted
+# make, a preempted or requeued Slurm job); anything else starts afresh.
+$(S)/%/config.json: $(S)/%.flags | $(ENV) $(DATA_READY)
+	$(call launch,train) $(PY) train.py --name $* --runs-dir $(S) --data-dir $(DATA_DIR) \
+	  --device $(DEVICE) --auto-resume $$(cat $<)
 
 # What each step's output depends on: its script and every project module the script imports
 # (training excepted, above). Editing common.py, contract.py or shapes.py re-runs every step from evaluation on.
@@ -182,7 +219,7 @@ REPORT := report/report.py report/study.py report/prose.py report/tex.py report/
 SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
 
 $(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)
-	$(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)
+	$(call launch,evaluate) $(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)
 
 # An imported model's run folder: evaluate.py writes config.json and last.pt, then evaluates.
 ifeq ($(IMPORTED),yes)
@@ -201,20 +238,21 @@ $(B)/failures.json: $(B)/metrics.json $(FAILURES) $(HYPOTHESES) | $(ENV)
 	$(PY) failures.py --run $(B) --num-cases $(NUM_CASES) $(if $(HYPOTHESES),--hypotheses $(HYPOTHESES))
 
 $(B)/gradcam.json: $(B)/failures.json $(GRADCAM) | $(ENV)
-	$(PY) gradcam.py --run $(B) --device $(DEVICE)
+	$(call launch,gradcam) $(PY) gradcam.py --run $(B) --device $(DEVICE)
 
 # Stress tests of each model: the corruption grid, and how faithful its Grad-CAM maps are (on a
 # test sample and on the baseline's cases, so both models are scored on the same images).
 $(S)/%/corruptions.json: $(S)/%/metrics.json $(CORRUPTIONS) | $(ENV)
-	$(PY) corruptions.py --run $(@D) --device $(DEVICE) $(CORRUPT_FLAGS)
+	$(call launch,corruptions) $(PY) corruptions.py --run $(@D) --device $(DEVICE) $(CORRUPT_FLAGS)
 
 $(S)/%/faithfulness.json: $(S)/%/metrics.json $(B)/failures.json $(FAITHFULNESS) | $(ENV)
-	$(PY) faithfulness.py --run $(@D) --cases $(B)/failures.json --device $(DEVICE) $(FAITH_FLAGS)
+	$(call launch,faithfulness) $(PY) faithfulness.py --run $(@D) --cases $(B)/failures.json --device $(DEVICE) \
+	  $(FAITH_FLAGS)
 
 $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradcam.json \
                         $(B)/corruptions.json $(S)/improved/corruptions.json $(COMPARE) | $(ENV)
-	$(PY) compare.py --baseline $(B) --improved $(S)/improved --cases $(B)/failures.json \
-	  --out $(CMP) --device $(DEVICE)
+	$(call launch,compare) $(PY) compare.py --baseline $(B) --improved $(S)/improved \
+	  --cases $(B)/failures.json --out $(CMP) --device $(DEVICE)
 
 $(PDF): $(REPORT_INPUTS) $(REPORT) | $(ENV)
 	$(PY) report/report.py --study $(S) --out $@

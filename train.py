@@ -226,8 +226,9 @@ def start_config(args, ckpt, ds, device, run_dir):
     if ckpt is not None:
         # A resume may run other code than the start did: each one's commit is kept, so that
         # config.json's git_commit (the start's) does not stand for epochs it did not run.
+        slot = os.environ.get("LAUNCH_SLOT")  # where a launched (requeued) job resumed
         resumed = list(ckpt["config"].get("resumed", [])) + [
-            dict(after_epoch=ckpt["epoch"], git_commit=git_commit(), device_slot=os.environ.get("LAUNCH_SLOT"))]
+            dict(after_epoch=ckpt["epoch"], git_commit=git_commit(), **({"device_slot": slot} if slot else {}))]
         # The device is the only flag a resume may change (and where it ran: a requeued job moves).
         return dict(ckpt["config"], device=args.device, resumed=resumed, **device_share())
     # Not settings, so not saved: --tensorboard only logs, and is given again with --resume.

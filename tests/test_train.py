@@ -89,7 +89,8 @@ def _cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("how", ["--resume", "--auto-resume"])  # by hand; what make and Slurm jobs run
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path, how):
     # CPU: bitwise equality of two runs holds for the same kernels on the same device only.
     common_args = ["train.py", *SYNTH, "--device", "cpu", "--limit-train", "1024", "--limit-test", "100",
                    "--epochs", "4", "--batch-size", "64", "--cutmix-prob", "0.5",
@@ -108,7 +109,8 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert proc.wait() == -signal.SIGKILL
     interrupted = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert interrupted["epoch"] < 4 and not (tmp_path / "killed" / "config.json").exists()
-    resumed = _cli("train.py", "--resume", "--name", "killed", "--runs-dir", str(tmp_path), "--device", "cpu")
+    resumed = (_cli("train.py", "--resume", "--name", "killed", "--runs-dir", str(tmp_path), "--device", "cpu")
+               if how == "--resume" else _cli(*common_args, "--auto-resume", "--name", "killed"))
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
@@ -122,6 +124,23 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert "resumed" not in json.loads((tmp_path / "straight" / "config.json").read_text())
 
 
+def test_auto_resume_continues_only_an_unfinished_run_of_the_same_settings(tmp_path):
+    args = ["train.py", *SYNTH, "--device", "cpu", "--limit-train", "256", "--limit-test", "50", "--epochs", "1",
+            "--runs-dir", str(tmp_path), "--name", "r", "--auto-resume"]
+    assert _cli(*args).returncode == 0  # nothing there: a fresh start
+    (tmp_path / "r" / "config.json").unlink()  # as if killed after its last checkpoint
+    same = _cli(*args)
+    assert same.returncode == 0, same.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["resumed"][0]["after_epoch"] == 1
+    (tmp_path / "r" / "config.json").unlink()
+    other = _cli(*args, "--label-smoothing", "0.1")
+    assert other.returncode == 0 and "is a run with other label_smoothing; starting afresh" in other.stdout
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["label_smoothing"] == 0.1 and "resumed" not in config
+    finished = _cli(*args, "--label-smoothing", "0.1")  # a finished run is replaced, as --overwrite does
+    assert finished.returncode == 0 and "resumed" not in json.loads((tmp_path / "r" / "config.json").read_text())
+
+
 #### Bad input: one sentence, non-zero exit, nothing already written lost
 
 @pytest.mark.parametrize("flags, message", [
@@ -132,7 +151,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     (["--label-smoothing", "1"], "argument --label-smoothing: must be in [0, 1)"),
     (["--lr", "inf"], "argument --lr: must be a finite number"),
     (["--milestones", "25", "0"], "argument --milestones: must be at least 1"),
-    (["--resume", "--overwrite"], "--resume and --overwrite cannot be combined"),
+    (["--resume", "--overwrite"], "--resume, --overwrite and --auto-resume cannot be combined"),
     (["--arch", "vgg"], "invalid choice: 'vgg'"),
 ])
 def test_bad_flags_are_refused(flags, message, capsys, tmp_path):

@@ -204,7 +204,7 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=("local", "slurm"), default="local", help="the Makefile's LAUNCH")
     p.add_argument("--name", required=True, help="the run this step makes, e.g. smoke/seed43/baseline")
-    p.add_argument("--log", required=True, help="the Slurm job's log file (slurm)")
+    p.add_argument("--log", default="", help="slurm: the job's log file (default: under --lock-dir)")
     p.add_argument("--lock-dir", default="runs/.launch", help="slot locks, job scripts and exit statuses")
     p.add_argument("--gpus", default="", help="local: GPU indices to use (default: all visible)")
     p.add_argument("--per-gpu", type=int, default=1, help="local: steps at once per GPU")
@@ -221,6 +221,8 @@ def build_parser():
 def run(args):
     if args.per_gpu < 1:
         raise UserError("--per-gpu must be at least 1")
+    if args.mode == "slurm" and not args.log:
+        args.log = str(Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.log")
     return (run_slurm if args.mode == "slurm" else run_local)(args, args.command)
 
 
