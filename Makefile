@@ -126,7 +126,7 @@ LAUNCH_FLAGS := --lock-dir $(LAUNCH_DIR) $(if $(GPUS),--gpus "$(GPUS)") \
   $(if $(filter-out 1,$(JOBS_PER_GPU)),--per-gpu $(JOBS_PER_GPU)) \
   $(if $(filter slurm,$(LAUNCH)),--mode slurm --gpus-per-job $(SLURM_GPUS) \
     $(if $(SLURM_PARTITION),--partition $(SLURM_PARTITION)) $(if $(SLURM_TIME),--time $(SLURM_TIME)) \
-    $(if $(SBATCH_FLAGS),--sbatch-flags "$(SBATCH_FLAGS)"))
+    $(if $(SBATCH_FLAGS),--sbatch-flags="$(SBATCH_FLAGS)"))
 # $(call launch,<step>): the prefix of a GPU step's command, named for its run folder and step;
 # a Slurm job's log is $(S)/logs/<run>-<step>.log.
 launch = $(PY) tools/launch.py --name $(patsubst $(RUNS_DIR)/%,%,$(@D))/$(1) \
