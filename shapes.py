@@ -105,7 +105,8 @@ COMPARISON = {
 CONFIG = {"arch": str, "dataset": ANY, "num_classes": int, "n_train": ANY, "n_test": ANY,
           # of the training settings, those whose values the configuration table looks up or joins
           "augment?": Nullable(str), "milestones?": Nullable(ListOf(ANY)),
-          "wall_seconds?": Nullable(NUMBER), "resumed?": Nullable(ListOf({"after_epoch": ANY}))}
+          "wall_seconds?": Nullable(NUMBER), "resumed?": Nullable(ListOf({"after_epoch": ANY})),
+          "device_shared_by?": Nullable(int)}  # runs sharing the GPU (tools/launch.py)
 TRAINED = {"epochs": ANY, "best_epoch": ANY, "best_test_accuracy": NUMBER, "final_test_accuracy": NUMBER,
            "train_images_per_second?": NUMBER}  # the training record, which an imported model lacks
 IMPORTED = {"imported": {"weights": str, "sha256": str, "found": ANY, "normalisation": ANY}}

@@ -159,7 +159,10 @@ def config_table(data, changed):
                   f"{SHORT_CHECKPOINT.get(m.get('checkpoint'), 'n/a')}, epoch {m.get('epoch')}"),
               row("training / test images", lambda c, m: f"{c.get('n_train') or 'unknown'} / {c.get('n_test')}"),
               row("wall time (train + test)", trained(lambda c, m: seconds_text(c.get("wall_seconds")))),
-              row("device", trained(lambda c, m: tex_escape(c.get("device_name", "n/a")))),
+              row("device", trained(lambda c, m: tex_escape(c.get("device_name", "n/a"))
+                                       # images/s of a GPU shared with other runs are not a lone run's
+                                       + (f", shared by {c['device_shared_by']} runs"
+                                          if (c.get("device_shared_by") or 1) > 1 else ""))),
               row("git commit (training)",
                   trained(lambda c, m: rf"\texttt{{{tex_escape(str(c.get('git_commit'))[:12])}}}"
                           + code_resumes(c))),
