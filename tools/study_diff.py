@@ -22,7 +22,7 @@ from common import UserError, arg_parser, cli_guard
 PROVENANCE = {"seconds", "wall_seconds", "compile_seconds", "git_commit", "commit", "train_images_per_second",
               "images_per_second", "seconds_by_corruption", "working_dir", "run", "runs_dir", "data_dir",
               "command", "out", "cases_file", "device_name", "torch_version", "torchvision_version",
-              "python_version"}
+              "python_version", "device_slot"}
 HISTORY_RESULTS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
