@@ -388,3 +388,20 @@ def test_every_bounded_default_satisfies_its_type(script):
         if getattr(a.type, "__qualname__", "").startswith(("at_least.", "float_in.")) and a.default is not None:
             for value in a.default if isinstance(a.default, list) else [a.default]:
                 assert a.type(str(value)) == value, (script, a.option_strings)
+
+
+def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The file's bytes are fsync-ed before the rename and the folder after it: on a network file
+    system a node failing between the two could otherwise leave last.pt truncated."""
+    import os
+
+    import common
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", None)) or real_replace(a, b))
+    common.atomic_write(tmp_path / "last.pt", lambda f: f.write(b"weights"))
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+    assert (tmp_path / "last.pt").read_bytes() == b"weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
