@@ -111,7 +111,8 @@ def slurm(*cmd, check=True):
         raise UserError(f"{cmd[0]} not found: LAUNCH=slurm needs the Slurm client commands on this "
                         "machine (a cluster's login node)") from None
     if check and out.returncode != 0:
-        raise UserError(f"{' '.join(cmd[:2])} failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+        said = (out.stderr or out.stdout).strip().splitlines() or ["no message"]
+        raise UserError(f"{' '.join(cmd[:2])} failed: {said[-1]}")
     return out
 
 
@@ -219,7 +220,7 @@ def build_parser():
 
 
 def run(args):
-    if args.per_gpu < 1:
+    if args.per_gpu < 1:  # common.at_least would import torch (see the imports above)
         raise UserError("--per-gpu must be at least 1")
     if args.mode == "slurm" and not args.log:
         args.log = str(Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.log")
