@@ -30,7 +30,8 @@ SETTINGS = {  # config.json key -> row of the report's configuration table, in t
     "limit_train": Setting("training subset", lambda c: c.get("limit_train") is not None),
     "limit_test": Setting("test subset", lambda c: c.get("limit_test") is not None),
     "amp": Setting("bf16 autocast"),
-    "tf32": Setting("TF32 (CUDA)"),
+    # TF32 exists on CUDA GPUs only: the row matters where a run asked for it or ran on a GPU
+    "tf32": Setting("TF32 (CUDA)", lambda c: bool(c.get("tf32")) or on_cuda(c)),
     "compile": Setting("torch.compile"),
     "deterministic": Setting("deterministic kernels"),
 }
@@ -42,6 +43,13 @@ RUN_OPTIONS = ("name", "runs_dir", "data_dir", "no_download", "device", "eval_ba
 
 # What produced a file, in config.json and every JSON a step writes (common.provenance()).
 PROVENANCE_KEYS = ("git_commit", "torch_version", "torchvision_version", "python_version", "working_dir")
+
+
+def on_cuda(config):
+    """Whether a run trained on a CUDA GPU: common.device_name names the GPU, or says "cpu (...)"
+    or "mps" for the others (an imported model has no device on record)."""
+    name = config.get("device_name")
+    return bool(name) and not str(name).startswith(("cpu", "mps"))
 
 
 def settings_of(config, leave_out=()):

@@ -2,6 +2,8 @@
 or a run option, and the comparison and the report read that table."""
 import json
 
+import pytest
+
 import settings
 import train
 
@@ -33,3 +35,13 @@ def test_rows_shown_only_where_they_matter():
     assert not settings.shown("cutmix_alpha", {"cutmix_prob": 0.0}, {})
     assert settings.shown("limit_test", {"limit_test": 100}, {}) and settings.shown("lr", {}, {})
     assert settings.label("amp") == "bf16 autocast" and settings.label("unknown_key") == "unknown_key"
+
+
+@pytest.mark.parametrize("config, shown_", [
+    ({"tf32": False, "device_name": "cpu (2 cores, 1 thread)"}, False),
+    ({"tf32": False, "device_name": "mps"}, False),
+    ({"tf32": False, "device_name": "NVIDIA H100 80GB HBM3"}, True),
+    ({"tf32": True, "device_name": "cpu (2 cores, 1 thread)"}, True),  # asked for, fell back: say so
+    ({"imported": {}}, False)])
+def test_the_tf32_row_shows_where_cuda_ran_or_tf32_was_asked(config, shown_):
+    assert settings.shown("tf32", config) is shown_
