@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import synthetic
+
 
 class UserError(Exception):
     """A mistake the user can fix; scripts print it as one sentence and exit non-zero."""
@@ -104,8 +106,9 @@ def seed_everything(seed, deterministic=False):
 
 
 DEVICE_HELP = "auto (cuda, else mps, else cpu) or any torch device: cpu, cuda, cuda:1, mps"
-DATASET_HELP = ("cifar100, cifar10, synthetic, a folder with train/<class>/ and test/<class>/ images, "
-                "or the path of an official-format .tar.gz")
+DATASET_HELP = ("cifar100, cifar10, synthetic (synthetic-planted: with failure causes planted; "
+                "synthetic-control: the same without), a folder with train/<class>/ and test/<class>/ "
+                "images, or the path of an official-format .tar.gz")
 
 
 def _available(device):
@@ -419,6 +422,7 @@ class Dataset:
     test_boxes: torch.Tensor = None  # synthetic: object box (x0, y0, x1, y1), exclusive ends
     test_indices: torch.Tensor = field(default=None)  # original test indices after --limit-test
     n_test_full: int = None  # images in the whole test set, before --limit-test
+    planted: dict = None  # synthetic-planted: the test rows of each planted failure cause
 
     @property
     def num_classes(self):
@@ -433,7 +437,7 @@ ARCHIVES = {  # official archive name, md5 and the pickles inside it
                  ["train"], ["test"], "meta"),
 }
 # The dataset names load_dataset knows; any other --dataset is a path.
-NAMED_DATASETS = (*ARCHIVES, "synthetic")
+NAMED_DATASETS = (*ARCHIVES, "synthetic", "synthetic-planted", "synthetic-control")
 
 
 def file_md5(path):
@@ -651,67 +655,9 @@ def _load_folder(root, data_dir, size=32):
                    torch.tensor(test_labels), classes)
 
 
-SHAPES = ("square", "disc", "ring", "triangle", "cross", "x", "hbar", "vbar", "diamond", "frame")
-
-
-def _shape_masks(size=11):
-    """Boolean masks of the ten synthetic object classes."""
-    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    yy, xx = torch.meshgrid(r, r, indexing="ij")
-    d = (xx ** 2 + yy ** 2).sqrt()
-    h = size / 2
-    return torch.stack([
-        (xx.abs() < h - 1) & (yy.abs() < h - 1),           # square
-        d < h - 0.5,                                        # disc
-        (d < h - 0.5) & (d > h - 3),                        # ring
-        (yy > -h + 1) & (xx.abs() < (yy + h) / 2),          # triangle
-        (xx.abs() < 1.5) | (yy.abs() < 1.5),                # cross
-        ((xx - yy).abs() < 1.5) | ((xx + yy).abs() < 1.5),  # x
-        yy.abs() < 2,                                       # horizontal bar
-        xx.abs() < 2,                                       # vertical bar
-        (xx.abs() + yy.abs()) < h - 0.5,                    # diamond
-        ((xx.abs() > h - 3) | (yy.abs() > h - 3)),          # frame
-    ])
-
-
-def draw_objects(y, g, size=32, colour=None):
-    """uint8 images of the shapes SHAPES[y] on clutter, and their boxes (x0, y0, x1, y1).
-
-    colour: (n, 3) in [0, 1]; by default a random colour per image, drawn from g.
-    """
-    n = len(y)
-    masks = _shape_masks()
-    s = masks.shape[-1]
-    # Clutter: blocky low-frequency colour noise plus fine noise, so no pixel statistic
-    # outside the object reveals the class.
-    coarse = torch.rand(n, 3, size // 4, size // 4, generator=g)
-    img = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 0.6
-    img += 0.15 * torch.rand(n, 3, size, size, generator=g)
-    if colour is None:
-        colour = 0.3 + 0.7 * torch.rand(n, 3, generator=g)
-    x0 = torch.randint(0, size - s + 1, (n,), generator=g)
-    y0 = torch.randint(0, size - s + 1, (n,), generator=g)
-    rows = y0[:, None] + torch.arange(s)  # (n, s)
-    cols = x0[:, None] + torch.arange(s)
-    full = torch.zeros(n, size, size, dtype=torch.bool)
-    full[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = masks[y]
-    img = torch.where(full[:, None], colour.view(n, 3, 1, 1).expand(-1, -1, size, size), img)
-    boxes = torch.stack([x0, y0, x0 + s, y0 + s], 1)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8), boxes
-
-
-def make_synthetic(n_train=5000, n_test=1000, seed=0, size=32):
-    """Ten classes decided by an object's shape, of random colour, at a random place on clutter."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.randint(0, len(SHAPES), (n,), generator=g)
-        return (y, *draw_objects(y, g, size))
-
-    train_y, train_x, _ = split(n_train)
-    test_y, test_x, test_boxes = split(n_test)
-    return Dataset("synthetic", train_x, train_y, test_x, test_y, list(SHAPES),
-                   test_boxes=test_boxes)
+def make_synthetic(n_train=5000, n_test=1000, seed=0):
+    """The synthetic shapes (synthetic.py), whose object boxes Grad-CAM is checked against."""
+    return Dataset(**synthetic.make_synthetic(n_train, n_test, seed))
 
 
 def subset_indices(n, limit, seed=0):
@@ -732,14 +678,16 @@ def load_dataset(name, data_dir="data", download=True, limit_train=None, limit_t
         ds = _load_cifar(name, data_dir, download)
     elif name == "synthetic":
         ds = make_synthetic()
+    elif name in ("synthetic-planted", "synthetic-control"):
+        ds = Dataset(**synthetic.make_planted(plant=name == "synthetic-planted"))
     elif Path(name).is_dir():
         ds = _load_folder(name, data_dir)
     elif Path(name).is_file():
         ds = _load_archive_file(name, data_dir)
     else:
-        raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic, a folder "
-                        "with train/<class>/ and test/<class>/ image folders or the path of an "
-                        "official-format CIFAR .tar.gz archive")
+        raise UserError(f"unknown dataset {name!r}; use cifar100, cifar10, synthetic, synthetic-planted, "
+                        "synthetic-control, a folder with train/<class>/ and test/<class>/ image "
+                        "folders or the path of an official-format CIFAR .tar.gz archive")
     train_idx = subset_indices(len(ds.train_y), limit_train)
     if train_idx is not None:
         ds.train_x, ds.train_y = ds.train_x[train_idx], ds.train_y[train_idx]
