@@ -23,6 +23,8 @@
 #   SLURM_TEST_SLURMD_PORT  slurmd port (default 6818)
 #   SLURM_TEST_MIN_JOB_AGE  seconds a finished job stays visible to scontrol (default 300)
 #   SLURM_TEST_GRACE_TIME   preemption grace time of partition low, seconds (default 10)
+#   SLURM_TEST_CRED_EXPIRE  job credential lifetime, seconds; a requeued job waits this long + 1
+#                           before it can start again (default 10; Slurm's default is 120)
 #   SLURM_TEST_TIMEOUT      seconds to wait for the node to come up (default 60)
 #   SLURM_TEST_ETC          1: also install the config as /etc/slurm/slurm.conf so that plain
 #                           sbatch/squeue work without SLURM_CONF; 0: never; default: only when
@@ -37,6 +39,7 @@ SLURMD_PORT=${SLURM_TEST_SLURMD_PORT:-6818}
 MIN_JOB_AGE=${SLURM_TEST_MIN_JOB_AGE:-300}
 GRACE=${SLURM_TEST_GRACE_TIME:-10}
 TIMEOUT=${SLURM_TEST_TIMEOUT:-60}
+CRED_EXPIRE=${SLURM_TEST_CRED_EXPIRE:-10}
 ETC_CONF=/etc/slurm/slurm.conf
 MARK="# written by tools/slurm/cluster.sh"
 export SLURM_CONF=$CONF
@@ -78,6 +81,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job may start again cred_expire+1 s after the requeue (default 120 s)
+AuthInfo=cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
