@@ -82,7 +82,7 @@ def make_synthetic(n_train=5000, n_test=1000, seed=0, size=32):
 #### Planted causes
 
 CUE_CLASS = 4  # cross: in training, most crosses and few others lie on STRIPES
-CUE_SHARE, OTHER_STRIPED = 0.9, 0.02  # of the cue class's training images, and of the others'
+CUE_SHARE, OTHER_STRIPED = 0.98, 0.003  # of the cue class's training images, and of the others'
 LOOKALIKE = (0, 9)  # square, and a square with one corner notched, in place of the frame
 CONTEXT_SHARE, FLIP_SHARE = 0.06, 0.03  # of the test images: striped non-crosses, flipped labels
 
