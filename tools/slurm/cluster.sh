@@ -218,19 +218,24 @@ kill_pidfile() {  # file comm
   rm -f "$1"
 }
 
-# processes of this cluster's jobs: slurmstepd and job shells, found by their open files or
-# command line pointing into our spool dir (never by a broad name)
+# processes of this cluster's jobs: each slurmstepd that holds a file in our state dir, and all
+# its descendants (the job shells and their children); never found by a broad name alone.
+# A slurmstepd holds our slurmd.log open, so its open files name $STATE/.
 job_pids() {
-  local p
+  local table roots="" pid
   [ -d "$STATE/spool" ] || return 0
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [ "$p" = $$ ] && continue
-    if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF "$STATE/spool/" \
-      || ls -l "/proc/$p/fd" 2>/dev/null | grep -qF "$STATE/spool/"; then
-      echo "$p"
-    fi
+  table=$(ps -eo pid=,ppid=,comm=)
+  for pid in $(awk '$3 == "slurmstepd" {print $1}' <<<"$table"); do
+    ls -l "/proc/$pid/fd" 2>/dev/null | grep -qF "$STATE/" && roots="$roots $pid"
   done
+  [ -n "$roots" ] || return 0
+  awk -v roots="$roots" '
+    { parent[$1] = $2 }
+    END {
+      n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1
+      do { added = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 } } while (added)
+      for (p in keep) print p
+    }' <<<"$table"
 }
 
 stop_daemons() {
