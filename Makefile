@@ -208,14 +208,15 @@ $(S)/%/config.json: $(S)/%.flags | $(ENV) $(DATA_READY)
 	  --device $(DEVICE) --auto-resume $$(cat $<)
 
 # What each step's output depends on: its script and every project module the script imports
-# (training excepted, above). Editing common.py, contract.py or shapes.py re-runs every step from evaluation on.
-EVALUATE := evaluate.py shapes.py contract.py common.py
-FAILURES := failures.py hypotheses.py shapes.py contract.py common.py
-GRADCAM := gradcam.py cam.py hypotheses.py shapes.py contract.py common.py
-CORRUPTIONS := corruptions.py corrupt.py contract.py common.py
-FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py
-COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py
-REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex settings.py shapes.py contract.py common.py
+# (training excepted, above). Editing common.py (or synthetic.py, which it imports), contract.py
+# or shapes.py re-runs every step from evaluation on.
+EVALUATE := evaluate.py shapes.py contract.py common.py synthetic.py
+FAILURES := failures.py hypotheses.py shapes.py contract.py common.py synthetic.py
+GRADCAM := gradcam.py cam.py hypotheses.py shapes.py contract.py common.py synthetic.py
+CORRUPTIONS := corruptions.py corrupt.py contract.py common.py synthetic.py
+FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py synthetic.py
+COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
+REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex settings.py shapes.py contract.py common.py synthetic.py
 SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
 
 $(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)

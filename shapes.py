@@ -159,10 +159,10 @@ ABLATION = {"ablation": ListOf({"changed": DictOf(ANY), "accuracy": NUMBER, "dif
 
 # Each kind of JSON file by its name, as in contract.WRITERS. corruptions.json is not read: the
 # report's corruption numbers are compare.py's, in comparison.json.
-SHAPES = {"comparison.json": COMPARISON,
-          "config.json": IfKey("imported", {**CONFIG, **IMPORTED}, {**CONFIG, **TRAINED}),
-          "metrics.json": METRICS, "failures.json": FAILURES, "gradcam.json": GRADCAM,
-          "faithfulness.json": FAITHFULNESS, "seeds.json": SEEDS, "ablation.json": ABLATION}
+FILE_SHAPES = {"comparison.json": COMPARISON,
+               "config.json": IfKey("imported", {**CONFIG, **IMPORTED}, {**CONFIG, **TRAINED}),
+               "metrics.json": METRICS, "failures.json": FAILURES, "gradcam.json": GRADCAM,
+               "faithfulness.json": FAITHFULNESS, "seeds.json": SEEDS, "ablation.json": ABLATION}
 
 
 #### Checking a file against its kind's keys
@@ -263,7 +263,7 @@ def filled(value, shape):
 def conform(data, name):
     """data, which a step is about to write as `name`, if it has the shape that readers of `name`
     rely on; otherwise the writer has a bug, reported before the file is written."""
-    found = mismatch(data, SHAPES[name])
+    found = mismatch(data, FILE_SHAPES[name])
     if found is not None:
         where, value, shape = found
         raise AssertionError(f"{name} as written would hold {'nothing' if value is MISSING else json_words(value)} "

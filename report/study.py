@@ -2,7 +2,7 @@
 LaTeX build that turns sources into a PDF. Neither report script imports the other; both import this.
 
 Every JSON file the report build reads is read through contract.py (read_json, or the run-folder
-loader of its kind) and checked against its shape (shapes.SHAPES, the keys that report.py,
+loader of its kind) and checked against its shape (shapes.FILE_SHAPES, the keys that report.py,
 prose.py and supplement.py read from its kind of file), before anything is written: a damaged or partial study
 stops with one sentence naming the file and the script that writes it (contract.WRITERS), never
 with a traceback from deep inside a sentence.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import UserError, atomic_write
 from contract import WRITERS, read_config, read_gradcam, read_json, read_metrics
-from shapes import MISSING, SHAPES, SIDES, filled, items_text, json_words, mismatch, shape_words
+from shapes import FILE_SHAPES, MISSING, SIDES, filled, items_text, json_words, mismatch, shape_words
 
 STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values
 MAKE_TARGETS = {"seeds.json": "seeds", "ablation.json": "ablation"}  # every other file: make study
@@ -47,10 +47,10 @@ def require_file(path, study):
 
 def checked(path, data, study, writer=None):
     """data, read from path, if it holds every key the report reads from its kind of file
-    (shapes.SHAPES), with each optional key it lacks present as null."""
-    found = mismatch(data, SHAPES[path.name])
+    (shapes.FILE_SHAPES), with each optional key it lacks present as null."""
+    found = mismatch(data, FILE_SHAPES[path.name])
     if found is None:
-        return filled(data, SHAPES[path.name])
+        return filled(data, FILE_SHAPES[path.name])
     where, value, shape = found
     problem = (f"lacks {where}, which the report reads" if value is MISSING else
                f"holds {json_words(value)} as {where}, where the report reads {shape_words(shape)}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import common
+import synthetic
 import contract
 from common import UserError, file_md5, load_dataset, make_synthetic
 from conftest import make_folder
@@ -127,7 +128,7 @@ def test_archive_generator_refuses_to_overwrite(tmp_path, capsys):
         make_cifar_archive.main([str(out), "--kind", "cifar10", "--n-train", "30", "--n-test", "5"])
     assert out.read_bytes() == before
     ds = load_dataset(str(out), tmp_path)
-    assert len(ds.train_y) == 20 and ds.classes == list(common.SHAPES)
+    assert len(ds.train_y) == 20 and ds.classes == list(synthetic.SHAPES)
     with pytest.raises(SystemExit):
         make_cifar_archive.main([str(tmp_path / "y.tar.gz"), "--n-train", "0"])
     with pytest.raises(SystemExit, match="is a folder"):

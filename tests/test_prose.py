@@ -9,7 +9,7 @@ import tex
 
 def read(kind, data):
     """data as report/study.py hands it to prose.py: each optional key of its kind present, null if absent."""
-    return shapes.filled(data, shapes.SHAPES[kind])
+    return shapes.filled(data, shapes.FILE_SHAPES[kind])
 
 
 def plus(text):

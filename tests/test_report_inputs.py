@@ -206,7 +206,7 @@ def test_a_file_that_is_not_json_names_its_writer(damaged):
 
 
 def test_every_kind_of_file_read_is_damaged_above():
-    assert {Path(rel).name for rel, *_ in CASES} == set(shapes.SHAPES)
+    assert {Path(rel).name for rel, *_ in CASES} == set(shapes.FILE_SHAPES)
 
 
 def test_the_valid_study_passes_every_check(full_study, tmp_path, monkeypatch):
@@ -221,7 +221,7 @@ def test_the_valid_study_passes_every_check(full_study, tmp_path, monkeypatch):
 
 
 def test_each_file_the_report_reads_has_one_writer_in_the_contract():
-    read = {Path(rel).name for rel in report.INPUTS.values()} | set(shapes.SHAPES)
+    read = {Path(rel).name for rel in report.INPUTS.values()} | set(shapes.FILE_SHAPES)
     read |= {f"{stem}.pdf" for stem in report.OPTIONAL_FIGURES} | {"faithfulness.png"}
     assert read <= set(WRITERS), read - set(WRITERS)
 

@@ -23,7 +23,8 @@ import torch
 
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import ARCHIVES, SHAPES, UserError, at_least, atomic_write, cli_guard, draw_objects  # noqa: E402
+from common import ARCHIVES, UserError, at_least, atomic_write, cli_guard  # noqa: E402
+from synthetic import SHAPES, draw_objects  # noqa: E402
 
 HUES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "magenta")
 
