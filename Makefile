@@ -143,6 +143,8 @@ B := $(S)/baseline
 CMP := $(S)/compare
 PDF := $(S)/report.pdf
 SUPP := $(S)/supplement.pdf
+# The study explorer: every error of both models in one offline page (explore.py).
+EXPLORER := $(S)/explorer.html
 # The report and its supplement read the same files; make seeds / make ablation results enter
 # both when they exist.
 ANALYSIS := $(CMP)/comparison.json $(B)/gradcam.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
@@ -182,9 +184,9 @@ test: $(ENV)
 all: study
 smoke:
 	$(MAKE) study STUDY=smoke
-study: $(PDF) $(SUPP)
+study: $(PDF) $(SUPP) $(EXPLORER)
 # Everything but the PDFs, for a GPU machine without LaTeX: make report later where LaTeX is.
-analysis: $(ANALYSIS)
+analysis: $(ANALYSIS) $(EXPLORER)
 report: study
 ifeq ($(S),$(RUNS_DIR)/resnet18-cifar100)
 	@mkdir -p report && cp $(PDF) report/report.pdf && echo "report/report.pdf"
@@ -218,6 +220,7 @@ FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py synthetic
 COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
 REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex settings.py shapes.py contract.py common.py synthetic.py
 SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
+EXPLORE := explore.py report/explorer_template.html cam.py shapes.py contract.py common.py
 
 $(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)
 	$(call launch,evaluate) $(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)
@@ -261,6 +264,10 @@ $(PDF): $(REPORT_INPUTS) $(REPORT) | $(ENV)
 # What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
 $(SUPP): $(REPORT_INPUTS) $(SUPPLEMENT) | $(ENV)
 	$(PY) report/supplement.py --study $(S) --out $@
+
+# The explorer reads what the report reads (not the PDFs: it only links to them) and the test images.
+$(EXPLORER): $(ANALYSIS) $(EXPLORE) | $(ENV)
+	$(PY) explore.py --study $(S) --out $@
 
 # Seeds and ablation: train and evaluate what is missing, then summarise: seeds.json, ablation.json.
 seeds: $(foreach s,$(SEEDS),$(call seed_dir,$(s))/baseline/metrics.json $(call seed_dir,$(s))/improved/metrics.json) | $(ENV)

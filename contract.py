@@ -26,7 +26,8 @@ WRITERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.j
            "history.csv": "train.py", "curves.png": "train.py", "failures.png": "failures.py",
            "gradcam.png": "gradcam.py", "faithfulness.png": "faithfulness.py",
            **{f"{stem}.pdf": "compare.py" for stem in ("confidence", "high_confidence", "per_class",
-                                                        "reliability", "corruptions", "gradcam_compare")}}
+                                                        "reliability", "corruptions", "gradcam_compare")},
+           "explorer.html": "explore.py"}  # the study's page; no step reads it
 
 
 def read_json(path, what, expect=dict):

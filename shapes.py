@@ -66,7 +66,10 @@ CORRUPTIONS = {"severities": ListOf(NUMBER, min_len=1), "corruptions": ListOf(AN
                "mean_corruption_error": both(NUMBER),
                "per_corruption": ListOf({"name": str, **both(NUMBER), "difference": NUMBER}),
                "helps_most?": Nullable(ListOf(str)), "hurts_most?": Nullable(ListOf(str)), "source?": ANY}
-SUSPECTS = {"count": ANY, "share": NUMBER, "figure?": ANY}
+SUSPECTS = {"count": ANY, "share": NUMBER, "figure?": ANY,
+            # the listed ones, which explore.py marks in its gallery
+            "suspects?": ListOf({"row": int, "agreed": int, "baseline_confidence": NUMBER,
+                                 "improved_confidence": NUMBER, "label_confidence": NUMBER})}
 THRESHOLD_RANGE = {"min": NUMBER, "max": NUMBER}  # of each model's per-class thresholds
 # judgements.recipe_checks: null where a check cannot be made (no published range, no training curve)
 BEST_FINAL = Nullable({"best": NUMBER, "final": NUMBER, "best_epoch": ANY, "gap": NUMBER, "flagged": FLAG})
@@ -129,7 +132,8 @@ FAILURES = {
 
 # gradcam.json (gradcam.py) of the baseline, beyond what contract.read_gradcam checks (its cases
 # are failures.json's, for metrics.json's weights).
-MAP_STATS = {"empty?": ANY, "centre_mass?": Nullable(NUMBER), "peak_in_box?": ANY}
+MAP_STATS = {"empty?": ANY, "centre_mass?": Nullable(NUMBER), "peak_in_box?": ANY,
+             "centre_mass_percentile?": Nullable(NUMBER)}  # explore.py shows it
 REFERENCE = {"n": ANY, "empty_share": NUMBER, "centre_mass_quartiles?": Nullable(ListOf(NUMBER, min_len=3)),
              "peak_in_box_rate?": Nullable(NUMBER)}
 GRADCAM = {

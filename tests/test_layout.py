@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("train", "evaluate", "failures", "gradcam", "corruptions", "faithfulness", "compare")
+STEPS = ("train", "evaluate", "failures", "gradcam", "corruptions", "faithfulness", "compare", "explore")
 
 
 def imported_modules(source):
@@ -53,7 +53,7 @@ def test_no_shared_module_imports_a_step():
 # excepted: the Makefile keeps a finished training when code changes, on purpose).
 MAKE_LISTS = {"EVALUATE": "evaluate.py", "FAILURES": "failures.py", "GRADCAM": "gradcam.py",
               "CORRUPTIONS": "corruptions.py", "FAITHFULNESS": "faithfulness.py", "COMPARE": "compare.py",
-              "REPORT": "report/report.py", "SUPPLEMENT": "report/supplement.py"}
+              "REPORT": "report/report.py", "SUPPLEMENT": "report/supplement.py", "EXPLORE": "explore.py"}
 
 
 def project_modules():

@@ -34,8 +34,8 @@ def test_seed_runs_get_their_seed_and_ablation_runs_one_change(tmp_path):
 
 def test_analysis_runs_every_step_but_the_pdfs(tmp_path):
     out = make(tmp_path, "analysis", "STUDY=smoke").stdout
-    for script in ("train.py", "evaluate.py", "failures.py", "gradcam.py", "corruptions.py",
-                   "faithfulness.py", "compare.py"):
+    for script in ("train.py", "evaluate.py", "failures.py", "gradcam.py", "corruptions.py", "faithfulness.py",
+                   "compare.py", f"explore.py --study {tmp_path}/smoke --out {tmp_path}/smoke/explorer.html"):
         assert script in out
     assert "report.py" not in out and "supplement.py" not in out
 
