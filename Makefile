@@ -220,7 +220,7 @@ FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py synthetic
 COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
 REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex settings.py shapes.py contract.py common.py synthetic.py
 SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
-EXPLORE := explore.py report/explorer_template.html cam.py shapes.py contract.py common.py
+EXPLORE := explore.py report/explorer_template.html cam.py shapes.py contract.py common.py synthetic.py
 
 $(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)
 	$(call launch,evaluate) $(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)

@@ -23,7 +23,7 @@ from cam import overlay  # the Grad-CAM overlay of the report's figures
 from common import UserError, arg_parser, atomic_write, cli_guard, git_commit
 from contract import (WRITERS, dataset_from_config, read_cases, read_config, read_gradcam, read_gradcam_maps,
                       read_json, read_predictions)
-from shapes import MISSING, SHAPES, filled, json_words, mismatch, shape_words
+from shapes import read_as
 
 # The page's HTML, CSS and JavaScript are a file of their own (read at run time), so that they are
 # edited as a web page, not as a Python string.
@@ -50,15 +50,12 @@ def require(path):
 
 
 def checked(path, data):
-    """data, read from path, if it holds what the explorer reads from its kind of file (shapes.SHAPES),
+    """data, read from path, if it holds what the explorer reads from its kind of file (shapes.FILE_SHAPES),
     with each optional key it lacks present as null."""
-    found = mismatch(data, SHAPES[path.name])
-    if found is not None:
-        where, value, shape = found
-        problem = (f"lacks {where}" if value is MISSING else
-                   f"holds {json_words(value)} as {where}, where the explorer reads {shape_words(shape)}")
+    data, problem = read_as(data, path.name, "the explorer")
+    if problem:
         raise UserError(f"{path} {problem}; write it again with {WRITERS[path.name]}")
-    return filled(data, SHAPES[path.name])
+    return data
 
 
 def load_runs(study):

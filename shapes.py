@@ -264,6 +264,18 @@ def filled(value, shape):
     return value
 
 
+def read_as(data, name, reader):
+    """(data with each optional key it lacks present as null, None) if data has the shape of the
+    file `name`; else (None, where it departs, in words: "lacks x, which <reader> reads" or "holds a
+    string as x, where <reader> reads a number")."""
+    found = mismatch(data, FILE_SHAPES[name])
+    if found is None:
+        return filled(data, FILE_SHAPES[name]), None
+    where, value, shape = found
+    return None, (f"lacks {where}, which {reader} reads" if value is MISSING else
+                  f"holds {json_words(value)} as {where}, where {reader} reads {shape_words(shape)}")
+
+
 def conform(data, name):
     """data, which a step is about to write as `name`, if it has the shape that readers of `name`
     rely on; otherwise the writer has a bug, reported before the file is written."""

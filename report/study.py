@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import UserError, atomic_write
 from contract import WRITERS, read_config, read_gradcam, read_json, read_metrics
-from shapes import FILE_SHAPES, MISSING, SIDES, filled, items_text, json_words, mismatch, shape_words
+from shapes import SIDES, items_text, read_as
 
 STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values
 MAKE_TARGETS = {"seeds.json": "seeds", "ablation.json": "ablation"}  # every other file: make study
@@ -48,13 +48,10 @@ def require_file(path, study):
 def checked(path, data, study, writer=None):
     """data, read from path, if it holds every key the report reads from its kind of file
     (shapes.FILE_SHAPES), with each optional key it lacks present as null."""
-    found = mismatch(data, FILE_SHAPES[path.name])
-    if found is None:
-        return filled(data, FILE_SHAPES[path.name])
-    where, value, shape = found
-    problem = (f"lacks {where}, which the report reads" if value is MISSING else
-               f"holds {json_words(value)} as {where}, where the report reads {shape_words(shape)}")
-    raise UserError(f"{path} {problem}; {rewrite(path, study, writer)}")
+    data, problem = read_as(data, path.name, "the report")
+    if problem:
+        raise UserError(f"{path} {problem}; {rewrite(path, study, writer)}")
+    return data
 
 
 #### Loading: every JSON file through contract.py, then checked
