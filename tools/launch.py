@@ -134,6 +134,8 @@ def batch_script(command, status_file, workdir):
     return f"""#!/bin/bash
 cd {shlex.quote(str(workdir))} || exit 1
 export LAUNCH_SLOT="Slurm job $SLURM_JOB_ID on $(hostname) (restart ${{SLURM_RESTART_COUNT:-0}})"
+# As many threads as CPUs the job was given (torch would otherwise take every core of a shared node).
+export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-1}}}}
 echo "launch: job $SLURM_JOB_ID starts on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}, $(date -u +%FT%TZ)"
 requeue() {{
   echo "launch: time limit near: stopping the step and requeueing job $SLURM_JOB_ID"
