@@ -4,9 +4,9 @@ make, a training preempted and requeued, a training that reaches its time limit,
 The cluster needs root to start; where it cannot (no Slurm packages, not root) these tests are
 skipped with the reason, unless REQUIRE_SLURM=1 (.ci/run sets it), where they fail instead.
 
-Slurm holds a requeued job for about two minutes before it may start again (its BeginTime); the
-tests release it at once with `scontrol update JobId=<id> StartTime=now`, which changes when the
-job starts and nothing else.
+Slurm holds a requeued job until its launch credential expires (its BeginTime: 120 s by default,
+10 s on .ci/slurm-cluster's AuthInfo=cred_expire=10); the tests release a held job at once with
+`scontrol update JobId=<id> StartTime=now`, which changes when the job starts and nothing else.
 """
 import json
 import os

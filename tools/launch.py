@@ -138,6 +138,7 @@ export LAUNCH_SLOT="Slurm job $SLURM_JOB_ID on $(hostname) (restart ${{SLURM_RES
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-1}}}}
 echo "launch: job $SLURM_JOB_ID starts on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}, $(date -u +%FT%TZ)"
 requeue() {{
+  trap '' TERM  # the requeue's own TERM must not stop the shell before scontrol returns
   echo "launch: time limit near: stopping the step and requeueing job $SLURM_JOB_ID"
   kill -TERM "$child" 2>/dev/null; wait "$child"
   scontrol requeue "$SLURM_JOB_ID"; exit 0
