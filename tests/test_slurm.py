@@ -150,12 +150,14 @@ def test_a_preempted_training_is_requeued_and_ends_with_the_same_weights(slurm, 
 
 def test_a_training_at_its_time_limit_requeues_itself_and_ends_with_the_same_weights(slurm, tmp_path):
     """--time 1 with the USR1 signal asked 55 s before it: the job's shell stops the training and
-    requeues the job (Slurm sends the signal up to a minute early, so within the first minute)."""
-    args = ["--epochs", "40", "--limit-train", "512", "--limit-test", "100"]
+    requeues the job. Slurm checks time limits about every 30 s, so the signal comes 5 to 35 s
+    after a start; a training of about a minute (longer than the limit itself) must be requeued at
+    least once, and every attempt gets some epochs done."""
+    args = ["--epochs", "60", "--limit-train", "1024", "--limit-test", "100"]
     launcher = launched(tmp_path, slurm, "late", args, "--time", "1", "--signal-seconds", "55")
     line = launcher.stderr.readline()
     job = re.search(r"is Slurm job (\d+)", line).group(1)
-    wait_and_release(slurm, launcher, job, timeout=400)
+    wait_and_release(slurm, launcher, job, timeout=600)
     stderr = line + launcher.stderr.read()
     assert launcher.returncode == 0, stderr
     log = (tmp_path / "late.log").read_text()
