@@ -123,7 +123,8 @@ def test_a_preempted_training_is_requeued_and_ends_with_the_same_weights(slurm, 
         assert launcher.poll() is None, launcher.stderr.read()
         time.sleep(0.1)  # after its first epoch
     assert history.is_file(), "the training never got through an epoch"
-    urgent = subprocess.run(["sbatch", "--parsable", "--partition", "high", "--cpus-per-task=2", "--wrap", "sleep 1"],
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition", "high", "--cpus-per-task=2",
+                             f"--output={tmp_path / 'urgent.log'}", "--wrap", "sleep 1"],
                             env=slurm, capture_output=True, text=True, check=True).stdout.strip()
     stderr_lines = []
     job = None
