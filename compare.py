@@ -27,8 +27,8 @@ import compare_figures as figures
 from cam import find_layer, grad_cam  # the same maps as gradcam.py's figures
 from common import (DEVICE_HELP, UserError, arg_parser, at_least, cli_guard, normalize, provenance, pyplot,
                     resolve_device, save_json)
-from contract import (ECE_BINS, dataset_from_config, load_evaluated, load_grid, read_cases, read_config,
-                      read_gradcam, read_gradcam_maps, read_history, read_metrics, read_predictions)
+from contract import (ECE_BINS, check_same_test_set, dataset_from_config, load_evaluated, load_grid, read_cases,
+                      read_config, read_gradcam, read_gradcam_maps, read_history, read_metrics, read_predictions)
 from corrupt import CIFAR_C_STANDARD, mean_error
 from judgements import recipe_checks
 from settings import changed_settings, settings_of
@@ -58,29 +58,6 @@ def load_side(run):
     side["pred"], side["conf"] = side["probs"].argmax(1), side["probs"].max(1)
     side["correct"] = side["pred"] == side["labels"]
     return side
-
-
-def check_same_test_set(base, impr):
-    if (base["labels"].shape != impr["labels"].shape or not np.array_equal(base["labels"], impr["labels"])
-            or not np.array_equal(base["indices"], impr["indices"])):
-        raise UserError(f"{base['run']} and {impr['run']} were not evaluated on the same test set "
-                        f"({len(base['labels'])} vs {len(impr['labels'])} images, or different indices "
-                        "or labels); compare runs with the same --dataset and --limit-test")
-    if base["config"]["classes"] != impr["config"]["classes"]:
-        raise UserError(f"{base['run']} and {impr['run']} have different class lists; "
-                        "they were trained on different datasets")
-    # Same labels can still be other images (CIFAR-10's archive and a JPEG copy of it): the
-    # datasets must be the same one, a path counting as the folder or file it names.
-    names = [dataset_identity(s["config"]["dataset"]) for s in (base, impr)]
-    if names[0] != names[1]:
-        raise UserError(f"{base['run']} and {impr['run']} were evaluated on different datasets "
-                        f"({base['config']['dataset']} vs {impr['config']['dataset']}); compare runs "
-                        "of one --dataset")
-
-
-def dataset_identity(name):
-    path = Path(name)
-    return str(path.resolve()) if path.exists() else str(name)
 
 
 #### Statistics

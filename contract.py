@@ -251,6 +251,40 @@ def read_history(path):
     return history
 
 
+def check_test_set(run_dir, predictions, ds):
+    """predictions.npz of run_dir must be row for row the test images of its dataset ds."""
+    if not (np.array_equal(predictions["labels"], ds.test_y.numpy())
+            and np.array_equal(predictions["indices"], ds.test_indices.numpy())):
+        raise UserError(f"{run_dir / 'predictions.npz'} does not match the run's test set "
+                        f"({len(predictions['labels']):,} predictions for {len(ds.test_y):,} test images, or "
+                        f"other labels or indices); re-run python evaluate.py --run {run_dir}")
+
+
+def check_same_test_set(base, impr):
+    """Two runs (each a dict with run, config and predictions.npz's labels and indices) must have
+    been evaluated on the same test images of the same dataset, to be compared image by image."""
+    if (base["labels"].shape != impr["labels"].shape or not np.array_equal(base["labels"], impr["labels"])
+            or not np.array_equal(base["indices"], impr["indices"])):
+        raise UserError(f"{base['run']} and {impr['run']} were not evaluated on the same test set "
+                        f"({len(base['labels'])} vs {len(impr['labels'])} images, or different indices "
+                        "or labels); compare runs with the same --dataset and --limit-test")
+    if base["config"]["classes"] != impr["config"]["classes"]:
+        raise UserError(f"{base['run']} and {impr['run']} have different class lists; "
+                        "they were trained on different datasets")
+    # Same labels can still be other images (CIFAR-10's archive and a JPEG copy of it): the
+    # datasets must be the same one, a path counting as the folder or file it names.
+    names = [dataset_identity(s["config"]["dataset"]) for s in (base, impr)]
+    if names[0] != names[1]:
+        raise UserError(f"{base['run']} and {impr['run']} were evaluated on different datasets "
+                        f"({base['config']['dataset']} vs {impr['config']['dataset']}); compare runs "
+                        "of one --dataset")
+
+
+def dataset_identity(name):
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else str(name)
+
+
 def load_analysis(run_dir, device="cpu", data_dir=None):
     """What every analysis step starts from, checked once: the model evaluate.py evaluated (model,
     config, ckpt, metrics, checkpoint), the run's dataset (ds) and evaluate.py's predictions of its
@@ -259,11 +293,7 @@ def load_analysis(run_dir, device="cpu", data_dir=None):
     model, config, ckpt, metrics = load_evaluated(run_dir, device)
     ds = dataset_from_config(config, data_dir)
     predictions = read_predictions(run_dir)
-    if not (np.array_equal(predictions["labels"], ds.test_y.numpy())
-            and np.array_equal(predictions["indices"], ds.test_indices.numpy())):
-        raise UserError(f"{run_dir / 'predictions.npz'} does not match the run's test set "
-                        f"({len(predictions['labels']):,} predictions for {len(ds.test_y):,} test images, or "
-                        f"other labels or indices); re-run python evaluate.py --run {run_dir}")
+    check_test_set(run_dir, predictions, ds)
     return SimpleNamespace(run=run_dir, model=model, config=config, ckpt=ckpt, metrics=metrics,
                            checkpoint=metrics["checkpoint"], ds=ds, predictions=predictions)
 

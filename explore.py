@@ -21,8 +21,8 @@ import numpy as np
 
 from cam import overlay  # the Grad-CAM overlay of the report's figures
 from common import UserError, arg_parser, atomic_write, cli_guard, git_commit
-from contract import (WRITERS, dataset_from_config, read_cases, read_config, read_gradcam, read_gradcam_maps,
-                      read_json, read_predictions)
+from contract import (WRITERS, check_same_test_set, check_test_set, dataset_from_config, read_cases, read_config,
+                      read_gradcam, read_gradcam_maps, read_json, read_predictions)
 from shapes import read_as
 
 # The page's HTML, CSS and JavaScript are a file of their own (read at run time), so that they are
@@ -65,10 +65,7 @@ def load_runs(study):
     runs = [study / "baseline", study / "improved"]
     configs = [checked(require(r / "config.json"), read_config(r)) for r in runs]
     preds = [read_predictions(r) for r in runs]
-    same = all(np.array_equal(preds[0][k], preds[1][k]) for k in ("labels", "indices"))
-    if not same or configs[0]["classes"] != configs[1]["classes"]:
-        raise UserError(f"{runs[0]} and {runs[1]} were not evaluated on the same test set with the same "
-                        "classes; re-run make study for this study")
+    check_same_test_set(*(dict(p, run=r, config=c) for r, c, p in zip(runs, configs, preds)))
     return runs, configs, preds
 
 
@@ -84,13 +81,10 @@ def load_cases(base_run, pred):
     return cases, explained, *maps
 
 
-def test_images(config, pred, data_dir):
+def test_images(run, config, pred, data_dir):
     """The test images (N, 3, H, W) uint8, row for row those of predictions.npz."""
     ds = dataset_from_config(config, data_dir)
-    if not (np.array_equal(ds.test_indices.numpy(), pred["indices"])
-            and np.array_equal(ds.test_y.numpy(), pred["labels"])):
-        raise UserError("the baseline's predictions.npz does not match its dataset's test set; re-run "
-                        "make study for this study")
+    check_test_set(run, pred, ds)
     return ds.test_x
 
 
@@ -206,15 +200,15 @@ def render(data, sprite_uri):
 
 def run(args):
     study = Path(args.study)
-    runs, (config, _), preds = load_runs(study)
-    comparison = checked(require(study / "compare" / "comparison.json"),
-                         read_json(study / "compare" / "comparison.json", "comparison"))
-    cases, explained, maps_pred, maps_true = load_cases(runs[0], preds[0])
     out = Path(args.out) if args.out else study / "explorer.html"
     if out.suffix != ".html" or out.is_dir():  # never a study's other files
         raise UserError(f"--out {out} is not an .html file name; give the page's, for example "
                         f"{study / 'explorer.html'}")
-    images = test_images(config, preds[0], args.data_dir)
+    runs, (config, _), preds = load_runs(study)
+    comparison = checked(require(study / "compare" / "comparison.json"),
+                         read_json(study / "compare" / "comparison.json", "comparison"))
+    cases, explained, maps_pred, maps_true = load_cases(runs[0], preds[0])
+    images = test_images(runs[0], config, preds[0], args.data_dir)
     labels, indices, probs = preds[0]["labels"], preds[0]["indices"], [p["probs"] for p in preds]
     category = categories(probs, labels)
     rows = np.arange(len(labels)) if args.all else np.flatnonzero(category != CATEGORIES.index("both_right"))

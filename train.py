@@ -25,7 +25,7 @@ from common import (ARCHS, DATASET_HELP, DEVICE_HELP, DeviceLoader, UserError, a
                     atomic_link_or_copy, atomic_write, autocast, build_model, channel_stats, cli_guard, cutmix, device_name,
                     float_in, git_commit, load_checkpoint, load_dataset, precision_of, provenance, pyplot,
                     resolve_device, save_checkpoint, save_figure, save_json, seed_everything, synchronize)
-from contract import dataset_from_config
+from contract import dataset_from_config, read_history
 from settings import changed_settings
 
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "curves.png")
@@ -342,11 +342,10 @@ def recover_save_seconds(history, path):
     was known); history.csv, written after the checkpoint, usually has it."""
     if not history or history[-1].get("save_seconds") is not None or not path.is_file():
         return
-    with open(path, newline="") as f:
-        rows = {r["epoch"]: r for r in csv.DictReader(f)}
-    saved = rows.get(str(history[-1]["epoch"]), {}).get("save_seconds")
+    rows = {r["epoch"]: r for r in read_history(path)}
+    saved = rows.get(history[-1]["epoch"], {}).get("save_seconds")
     if saved:
-        history[-1]["save_seconds"] = float(saved)
+        history[-1]["save_seconds"] = saved
 
 
 def finish(state, cfg, run_dir):

@@ -69,9 +69,10 @@ def job_info(env, job):
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def job_of(log):
-    """The id of the job that a launcher's stderr names."""
-    return re.search(r"is Slurm job (\d+)", log).group(1)
+def job_of(text):
+    """The id of the job that a launcher's stderr names, or None if it names none."""
+    found = re.search(r"is Slurm job (\d+)", text)
+    return found and found.group(1)
 
 
 def release_when_held(env, job):
@@ -132,8 +133,7 @@ def test_a_preempted_training_is_requeued_and_ends_with_the_same_weights(slurm, 
     while job is None and time.time() < end:  # the launcher's first line names the job
         line = launcher.stderr.readline()
         stderr_lines.append(line)
-        found = re.search(r"is Slurm job (\d+)", line)
-        job = found and found.group(1)
+        job = job_of(line)
     released = wait_and_release(slurm, launcher, job)
     stderr = "".join(stderr_lines) + launcher.stderr.read()
     assert launcher.returncode == 0, stderr
@@ -157,7 +157,8 @@ def test_a_training_at_its_time_limit_requeues_itself_and_ends_with_the_same_wei
     args = ["--epochs", "60", "--limit-train", "1024", "--limit-test", "100"]
     launcher = launched(tmp_path, slurm, "late", args, "--time", "1", "--signal-seconds", "55")
     line = launcher.stderr.readline()
-    job = re.search(r"is Slurm job (\d+)", line).group(1)
+    job = job_of(line)
+    assert job, line
     wait_and_release(slurm, launcher, job, timeout=600)
     stderr = line + launcher.stderr.read()
     assert launcher.returncode == 0, stderr

@@ -104,6 +104,11 @@ def job_name(name):
     return "study:" + re.sub(r"[^\w./-]", "_", name)
 
 
+def job_file(args, suffix):
+    """The job's script, exit status or default log under --lock-dir, one flat name per run."""
+    return Path(args.lock_dir) / "slurm" / (job_name(args.name).replace("/", "_") + suffix)
+
+
 def slurm(*cmd, check=True):
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -157,7 +162,7 @@ exit $rc
 def submit(args, command, status_file):
     log = Path(args.log).resolve()
     log.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.sh"
+    script = job_file(args, ".sh")
     script.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(script, batch_script(command, status_file, Path.cwd()))
     flags = ["--parsable", "--requeue", "--job-name", job_name(args.name), "--output", str(log),
@@ -179,7 +184,7 @@ def job_state(job):
 
 
 def run_slurm(args, command):
-    status_file = (Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.status").resolve()
+    status_file = job_file(args, ".status").resolve()
     job = live_job(args.name)
     if job:
         print(f"launch: {args.name} is already Slurm job {job}; waiting for it", file=sys.stderr)
@@ -226,7 +231,7 @@ def run(args):
     if args.per_gpu < 1:  # common.at_least would import torch (see the imports above)
         raise UserError("--per-gpu must be at least 1")
     if args.mode == "slurm" and not args.log:
-        args.log = str(Path(args.lock_dir) / "slurm" / f"{job_name(args.name).replace('/', '_')}.log")
+        args.log = str(job_file(args, ".log"))
     return (run_slurm if args.mode == "slurm" else run_local)(args, args.command)
 
 
