@@ -55,8 +55,20 @@ else ifeq ($(STUDY),smoke)
   # Subsets keep the smoke chain within its few minutes on a CPU.
   CORRUPT_FLAGS ?= --limit-test 300 --severities 1 3 5
   FAITH_FLAGS ?= --sample 100
+else ifeq ($(STUDY),planted)
+  # The cause rule's proof (make planted): the smoke recipe's network on synthetic-planted, a
+  # control on the same images with nothing planted, and a cause stated for every error of each.
+  DATASET := synthetic-planted
+  EPOCHS ?= 12
+  ARCH := simplecnn
+  TRAIN_FLAGS := --arch $(ARCH) --dataset synthetic-planted --optimizer adam --milestones \
+                 --batch-size 64 --epochs $(EPOCHS)
+  BASELINE_FLAGS ?=
+  CONTROL_FLAGS := --dataset synthetic-control
+  SEED ?= 42
+  FAILURE_SELECTION := --all-errors --top 0
 else
-  $(error unknown STUDY=$(STUDY): use resnet18-cifar100, simplecnn-cifar10 or smoke)
+  $(error unknown STUDY=$(STUDY): use resnet18-cifar100, simplecnn-cifar10, smoke or planted)
 endif
 
 # The ablation of an improvement that changes two things at once: each change on its own.
@@ -99,11 +111,11 @@ endif
 # runs/resnet18-cifar10-jpeg for the same recipe with DATASET=data/cifar10-jpeg, and
 # runs/resnet18-cifar100-imported for imported weights (never mixed with models trained here).
 DATA_NAME := $(notdir $(patsubst %/,%,$(patsubst %.tar.gz,%,$(DATASET))))
-S := $(RUNS_DIR)/$(if $(filter smoke,$(STUDY)),smoke,$(firstword $(subst -, ,$(STUDY)))-$(DATA_NAME))$(if $(IMPORTED),-imported)
+S := $(RUNS_DIR)/$(if $(filter smoke planted,$(STUDY)),$(STUDY),$(firstword $(subst -, ,$(STUDY)))-$(DATA_NAME))$(if $(IMPORTED),-imported)
 # A run folder's name says what it trains: <role> or seed<N>/<role>.
-role_flags = $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(if $(filter improved,$(1)),$(IMPROVED_FLAGS),$(ABLATION_FLAGS_$(1))))
+role_flags = $(if $(filter baseline,$(1)),$(BASELINE_FLAGS),$(if $(filter improved,$(1)),$(IMPROVED_FLAGS),$(if $(filter control,$(1)),$(CONTROL_FLAGS),$(ABLATION_FLAGS_$(1)))))
 seed_of = $(patsubst seed%,%,$(filter seed%,$(subst /, ,$(1))))
-flags_of = $(TRAIN_FLAGS) $(call role_flags,$(notdir $(1))) $(if $(call seed_of,$(1)),--seed $(call seed_of,$(1))) $(EXTRA_FLAGS)
+flags_of = $(TRAIN_FLAGS) $(call role_flags,$(notdir $(1))) $(if $(call seed_of,$(1)),--seed $(call seed_of,$(1)),$(if $(SEED),--seed $(SEED))) $(EXTRA_FLAGS)
 seed_dir = $(if $(filter 42,$(1)),$(S),$(S)/seed$(1))
 
 # Where the GPU steps run (training, evaluation, Grad-CAM, corruptions, faithfulness, the
@@ -137,6 +149,8 @@ DATA_READY := $(S)/.data-ready
 
 CORRUPT_FLAGS ?=
 FAITH_FLAGS ?=
+# failures.py's cases: NUM_CASES distinct ones, or (make planted) every error.
+FAILURE_SELECTION ?= --num-cases $(NUM_CASES)
 # Optional analyst input: a JSON object {"<test index>": "hypothesis text"} for the baseline's cases.
 HYPOTHESES ?=
 B := $(S)/baseline
@@ -147,10 +161,11 @@ SUPP := $(S)/supplement.pdf
 EXPLORER := $(S)/explorer.html
 # The report and its supplement read the same files; make seeds / make ablation results enter
 # both when they exist.
-ANALYSIS := $(CMP)/comparison.json $(B)/gradcam.json $(B)/faithfulness.json $(S)/improved/faithfulness.json
+ANALYSIS := $(CMP)/comparison.json $(B)/gradcam.json $(B)/causes.json $(B)/faithfulness.json \
+            $(S)/improved/faithfulness.json
 REPORT_INPUTS := $(ANALYSIS) $(wildcard $(S)/seeds/seeds.json $(S)/ablation/ablation.json)
 
-.PHONY: help env test all study analysis smoke report seeds ablation bench clean clean-all FORCE
+.PHONY: help env test all study analysis smoke planted planted-score report seeds ablation bench clean clean-all FORCE
 
 help:
 	@echo "make test                 set up .venv and run the test suite (CPU, offline)"
@@ -159,6 +174,7 @@ help:
 	@echo "make all STUDY=simplecnn-cifar10 DATASET=data/cifar10-jpeg   the second variant"
 	@echo "make all BASELINE_WEIGHTS=a.pth IMPROVED_WEIGHTS=b.pth   the study of two models trained elsewhere"
 	@echo "make smoke                the whole chain on synthetic data on a CPU (runs/smoke)"
+	@echo "make planted              the cause rule scored on causes planted in synthetic data (runs/planted)"
 	@echo "make report               the PDF of the study's current runs and its supplement (LaTeX)"
 	@echo "make analysis             the whole study but the PDFs (a GPU machine without LaTeX)"
 	@echo "make seeds SEEDS=\"42 43 44\" both models per seed: mean +/- std of accuracies and difference"
@@ -195,7 +211,7 @@ endif
 # Training depends on its flags (a file rewritten only when they change), not on the code:
 # editing a comment must not retrain a model. An interrupted run is resumed, a stale one replaced.
 $(S)/%.flags: FORCE
-	$(if $(filter baseline improved $(ABLATIONS),$(notdir $*)),,$(error no such run for STUDY=$(STUDY): $*))
+	$(if $(filter baseline improved $(ABLATIONS) $(if $(CONTROL_FLAGS),control),$(notdir $*)),,$(error no such run for STUDY=$(STUDY): $*))
 	@mkdir -p $(@D)
 	@echo '$(call flags_of,$*)' | cmp -s - $@ || echo '$(call flags_of,$*)' > $@
 
@@ -215,6 +231,7 @@ $(S)/%/config.json: $(S)/%.flags | $(ENV) $(DATA_READY)
 EVALUATE := evaluate.py shapes.py contract.py common.py synthetic.py
 FAILURES := failures.py hypotheses.py shapes.py contract.py common.py synthetic.py
 GRADCAM := gradcam.py cam.py hypotheses.py shapes.py contract.py common.py synthetic.py
+CAUSES := causes.py cam.py hypotheses.py judgements.py shapes.py contract.py common.py synthetic.py
 CORRUPTIONS := corruptions.py corrupt.py contract.py common.py synthetic.py
 FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py synthetic.py
 COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
@@ -239,10 +256,31 @@ endif
 # The failure analysis and the explanations concern the baseline; compare.py re-checks its cases.
 # gradcam.py reads failures.json and writes gradcam.npz, gradcam.png, then gradcam.json (the target).
 $(B)/failures.json: $(B)/metrics.json $(FAILURES) $(HYPOTHESES) | $(ENV)
-	$(PY) failures.py --run $(B) --num-cases $(NUM_CASES) $(if $(HYPOTHESES),--hypotheses $(HYPOTHESES))
+	$(PY) failures.py --run $(B) $(FAILURE_SELECTION) $(if $(HYPOTHESES),--hypotheses $(HYPOTHESES))
 
 $(B)/gradcam.json: $(B)/failures.json $(GRADCAM) | $(ENV)
 	$(call launch,gradcam) $(PY) gradcam.py --run $(B) --device $(DEVICE)
+
+# The cause of each case: interventions and nearest training images (causes.json, causes.png).
+$(B)/causes.json: $(B)/gradcam.json $(CAUSES) | $(ENV)
+	$(call launch,causes) $(PY) causes.py --run $(B) --device $(DEVICE)
+
+# make planted: a cause for every error of the planted model and of the control, scored against
+# what was planted (tools/score_causes.py): runs/planted/score.json and its table on stdout.
+ifeq ($(STUDY),planted)
+$(S)/control/failures.json: $(S)/control/metrics.json $(FAILURES) | $(ENV)
+	$(PY) failures.py --run $(@D) $(FAILURE_SELECTION)
+$(S)/control/gradcam.json: $(S)/control/failures.json $(GRADCAM) | $(ENV)
+	$(call launch,gradcam) $(PY) gradcam.py --run $(@D) --device $(DEVICE)
+$(S)/control/causes.json: $(S)/control/gradcam.json $(CAUSES) | $(ENV)
+	$(call launch,causes) $(PY) causes.py --run $(@D) --device $(DEVICE)
+$(S)/score.json: $(B)/causes.json $(S)/control/causes.json tools/score_causes.py judgements.py | $(ENV)
+	$(PY) tools/score_causes.py --planted $(B) --control $(S)/control --out $@
+planted-score: $(S)/score.json
+else
+planted:
+	$(MAKE) planted-score STUDY=planted
+endif
 
 # Stress tests of each model: the corruption grid, and how faithful its Grad-CAM maps are (on a
 # test sample and on the baseline's cases, so both models are scored on the same images).
@@ -283,11 +321,11 @@ bench: $(ENV)
 
 # Generated files only: checkpoints of real runs stay unless asked for with clean-all.
 clean:
-	rm -rf $(RUNS_DIR)/smoke .pytest_cache report/report.pdf
+	rm -rf $(RUNS_DIR)/smoke $(RUNS_DIR)/planted .pytest_cache report/report.pdf
 	rm -rf $(RUNS_DIR)/*/report $(RUNS_DIR)/*/report.pdf $(RUNS_DIR)/*/supplement.pdf
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 clean-all: clean
 	rm -rf $(RUNS_DIR)
 
 .PRECIOUS: $(S)/%.flags $(S)/%/config.json $(S)/%/metrics.json $(S)/%/corruptions.json \
-           $(B)/failures.json $(B)/gradcam.json
+           $(B)/failures.json $(B)/gradcam.json $(B)/causes.json

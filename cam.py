@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from common import DEFAULT_CAM_LAYER, UserError
 
+CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
+
 
 #### Layers
 
@@ -50,6 +52,16 @@ def layer_map_size(model, layer, x):
     finally:
         handle.remove()
     return [int(v) for v in size[:2]]
+
+
+def centre_mask(h, w):
+    """Pixels whose centres lie in the central box of CENTRE_AREA of the image's area: where a
+    CIFAR object mostly is. gradcam.py measures a map's mass there; causes.py blanks the rest (the
+    border ring)."""
+    side = CENTRE_AREA ** 0.5
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    lo, hi = (1 - side) / 2, (1 + side) / 2
+    return ((ys >= lo) & (ys <= hi))[:, None] & ((xs >= lo) & (xs <= hi))[None, :]
 
 
 #### Hooks

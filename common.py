@@ -335,6 +335,11 @@ def pyplot():
     return plt
 
 
+# Cases drawn in a step's figure: a planted-cause study (failures.py --all-errors) has a hundred;
+# the JSON files hold them all.
+MOST_PLOTTED = 20
+
+
 def save_figure(fig, path, **kwargs):
     fmt = Path(path).suffix.lstrip(".")
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))

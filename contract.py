@@ -21,10 +21,10 @@ from common import NAMED_DATASETS, UserError, build_model, load_checkpoint, load
 WRITERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
            "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
            "comparison.json": "compare.py", "gradcam.json": "gradcam.py", "seeds.json": "compare.py",
-           "ablation.json": "compare.py",
+           "ablation.json": "compare.py", "causes.json": "causes.py",
            # the other files the report build reads: the runs' history and figures, compare.py's figures
            "history.csv": "train.py", "curves.png": "train.py", "failures.png": "failures.py",
-           "gradcam.png": "gradcam.py", "faithfulness.png": "faithfulness.py",
+           "gradcam.png": "gradcam.py", "causes.png": "causes.py", "faithfulness.png": "faithfulness.py",
            **{f"{stem}.pdf": "compare.py" for stem in ("confidence", "high_confidence", "per_class",
                                                         "reliability", "corruptions", "gradcam_compare")},
            "explorer.html": "explore.py"}  # the study's page; no step reads it
@@ -214,6 +214,25 @@ def read_gradcam(run, cases):
     if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
         raise UserError(f"{path} explains other weights than metrics.json's (the run was re-evaluated "
                         f"since); re-run {redo}")
+    return data
+
+
+def read_causes(run, cases):
+    """causes.py's causes.json of a run, checked to state a cause for exactly `cases`
+    (failures.json's), in the same order, with the weights that metrics.json names."""
+    path = Path(run) / "causes.json"
+    redo = f"python causes.py --run {run}"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; {redo} writes the cause of each case")
+    data = read_json(path, "causes file")
+    stated = data.get("cases")
+    if not isinstance(stated, list) or [c.get("index") if isinstance(c, dict) else None
+                                        for c in stated] != [c["index"] for c in cases]:
+        raise UserError(f"{path} does not state the causes of failures.json's cases (it is older, or "
+                        f"made for other cases); re-run {redo}")
+    if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
+        raise UserError(f"{path} was made with other weights than metrics.json's (the run was "
+                        f"re-evaluated since); re-run {redo}")
     return data
 
 

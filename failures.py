@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, arg_parser, at_least, cli_guard, provenance, pyplot, save_figure, save_json
+from common import MOST_PLOTTED, UserError, arg_parser, at_least, cli_guard, provenance, pyplot, save_figure, save_json
 from contract import dataset_from_config, read_config, read_json, read_predictions
 from hypotheses import compose_hypothesis, format_probability  # worded as gradcam.py words them
 from shapes import conform
@@ -141,6 +141,9 @@ def build_parser():
     p.add_argument("--run", required=True, help="run folder with predictions.npz from evaluate.py")
     # Five cases: the reference notebook discussed a handful; the second variant asks for >= 3.
     p.add_argument("--num-cases", type=at_least(1), default=None, help="distinct cases to select (default 5)")
+    # A planted-cause study (make planted) states a cause for every error, to score them all.
+    p.add_argument("--all-errors", action="store_true",
+                   help="every misclassified test image as a case, most confident first")
     p.add_argument("--top", type=at_least(0), default=20, help="ranked errors listed in failures.json")
     p.add_argument("--cases", type=int, nargs="+", default=None,
                    help="the analyst's own test indices instead of the automatic selection")
@@ -162,6 +165,10 @@ def choose_rows(args, ranked, labels, preds, indices):
         if len(set(args.cases)) != len(args.cases):
             raise UserError("--cases lists a test index more than once")
         return [row_of[i] for i in args.cases], None, "analyst"
+    if args.all_errors:
+        if not len(ranked):
+            raise UserError("--all-errors: this run misclassifies no test image")
+        return list(ranked), None, "all"
     if args.num_cases > len(ranked):
         raise UserError(f"--num-cases {args.num_cases} asks for more cases than the "
                         f"{len(ranked)} misclassified test images this run has")
@@ -238,8 +245,9 @@ def summarise(labels, preds, conf, wrong, classes, superclasses, top_pairs):
 def selection_rule(source, strict, n_cases):
     """How the cases were chosen, with a note (also printed) when the distinctness rule left
     fewer than n_cases."""
-    selection = {"source": source, "rule": "most confident errors, greedy: no true class twice, "
-                 "no confusion pair twice (either direction)" if source == "auto" else "--cases"}
+    rules = {"auto": "most confident errors, greedy: no true class twice, no confusion pair twice "
+             "(either direction)", "all": "every error, most confident first", "analyst": "--cases"}
+    selection = {"source": source, "rule": rules[source]}
     if strict is not None and strict < n_cases:
         selection["note"] = (f"only {strict} errors satisfy the rule; the next most confident "
                              "errors fill the selection")
@@ -254,9 +262,11 @@ def draw_and_save(result, run_dir, config, data_dir, rows, labels, indices):
     if len(ds.test_y) != len(labels) or not np.array_equal(ds.test_indices.numpy(), indices):
         raise UserError(f"{run_dir / 'predictions.npz'} does not match the run's test set; "
                         f"re-run python evaluate.py --run {run_dir}")
-    auto = result["selection"]["source"] == "auto"
-    what = "most confident distinct failures" if auto else "analyst-selected cases"
-    plot_gallery(result["cases"], ds.test_x[rows], f"{run_dir.name}: {what}\n"
+    what = {"auto": "most confident distinct failures", "all": "every error, most confident first",
+            "analyst": "analyst-selected cases"}[result["selection"]["source"]]
+    shown = len(rows[:MOST_PLOTTED])
+    what += f" (the first {shown} of {len(rows)})" if shown < len(rows) else ""
+    plot_gallery(result["cases"][:shown], ds.test_x[rows[:shown]], f"{run_dir.name}: {what}\n"
                  f"({result['summary']['n_errors']} errors of {len(labels)} test images)",
                  run_dir / "failures.png")
     result.update(provenance())
@@ -267,8 +277,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     # Each flag's own bounds are its type=; a clash of two flags is checked here.
-    if args.cases is not None and args.num_cases is not None:
-        parser.error("--cases and --num-cases cannot be combined: --cases picks the cases itself")
+    if sum((args.cases is not None, args.num_cases is not None, args.all_errors)) > 1:
+        parser.error("--cases, --num-cases and --all-errors cannot be combined: each picks the cases")
     if args.num_cases is None:
         args.num_cases = 5
     return cli_guard(run, args)

@@ -17,25 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cam import find_layer, grad_cam, layer_map_size, layer_name_or_default, overlay, scale_per_image
-from common import (DEVICE_HELP, UserError, arg_parser, at_least, atomic_write, cli_guard, normalize,
+from cam import (centre_mask, find_layer, grad_cam, layer_map_size, layer_name_or_default, overlay,
+                 scale_per_image)
+from common import (DEVICE_HELP, MOST_PLOTTED, UserError, arg_parser, at_least, atomic_write, cli_guard, normalize,
                     provenance, pyplot, resolve_device, save_figure, save_json)
 from contract import checkpoint_words, load_analysis, read_cases
 from hypotheses import compose_hypothesis, format_probability  # worded as failures.py words them
 from shapes import conform
 
-CENTRE_AREA = 0.5  # the central box covers this share of the image; the rest is "the border"
-
 
 #### Evidence: numbers a hypothesis can be checked against
-
-def centre_mask(h, w):
-    """Pixels whose centres lie in the central box of CENTRE_AREA of the image's area."""
-    side = CENTRE_AREA ** 0.5
-    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
-    lo, hi = (1 - side) / 2, (1 + side) / 2
-    return ((ys >= lo) & (ys <= hi))[:, None] & ((xs >= lo) & (xs <= hi))[None, :]
-
 
 def map_stats(cam, box=None):
     """Centre mass share, peak (row, col) and, with an object box (x0, y0, x1, y1), box stats."""
@@ -200,8 +191,10 @@ def run(args):
     save_maps(run_dir / "gradcam.npz", dict(maps_pred=maps_pred, maps_true=maps_true, raw_pred=raw_pred,
                                             raw_true=raw_true), cases, rows, pred, true, config, layer_name,
               checkpoint)
-    plot(cases, ds.test_x[rows], maps_pred, maps_true, boxes, layer_name,
-         f"{run_dir.name}: where the network looked ({checkpoint_words(config, checkpoint)})",
+    n = min(len(cases), MOST_PLOTTED)
+    shown = f", the first {n} of {len(cases)} cases" if n < len(cases) else ""
+    plot(cases[:n], ds.test_x[rows[:n]], maps_pred[:n], maps_true[:n], None if boxes is None else boxes[:n],
+         layer_name, f"{run_dir.name}: where the network looked ({checkpoint_words(config, checkpoint)}{shown})",
          run_dir / "gradcam.png")
     save_json(conform(result, "gradcam.json"), run_dir / "gradcam.json")  # last: make's target, so the maps above are current
     print(f"{run_dir / 'gradcam.json'}: Grad-CAM at {layer_name} for {len(cases)} cases of {cases_path}")

@@ -161,12 +161,21 @@ SEEDS = {"seeds": {"seeds": ListOf(ANY), "improved_better": ANY, **both(SPREAD),
 ABLATION = {"ablation": ListOf({"changed": DictOf(ANY), "accuracy": NUMBER, "difference": NUMBER,
                                 "mcnemar_p": NUMBER, "corrected": ANY, "worsened": ANY})}
 
+# causes.json (causes.py) of the baseline: the stated cause of each case of failures.json.
+PROBE = {"p_pred": NUMBER, "p_true": NUMBER, "top": int}
+CAUSES = {"cases": ListOf({"index": int, "cause": str, "sentence": str, "confidence": NUMBER,
+                           "evidence": {"neighbours": {"k": int, "train_rows": ListOf(int), "labels": ListOf(int),
+                                                       "pred_share": NUMBER, "true_share": NUMBER},
+                                        "pair_errors": int, "pair_lift": NUMBER, "moved_by_small_changes": int,
+                                        "interventions": DictOf(PROBE)}}, min_len=1),
+          "thresholds": DictOf(NUMBER)}
+
 # Each kind of JSON file by its name, as in contract.WRITERS. corruptions.json is not read: the
 # report's corruption numbers are compare.py's, in comparison.json.
 FILE_SHAPES = {"comparison.json": COMPARISON,
                "config.json": IfKey("imported", {**CONFIG, **IMPORTED}, {**CONFIG, **TRAINED}),
                "metrics.json": METRICS, "failures.json": FAILURES, "gradcam.json": GRADCAM,
-               "faithfulness.json": FAITHFULNESS, "seeds.json": SEEDS, "ablation.json": ABLATION}
+               "faithfulness.json": FAITHFULNESS, "causes.json": CAUSES, "seeds.json": SEEDS, "ablation.json": ABLATION}
 
 
 #### Checking a file against its kind's keys

@@ -159,6 +159,17 @@ def test_too_few_distinct_errors_fill_up_in_rank_order(run):
     assert "only 5 errors satisfy the rule" in result["selection"]["note"]
 
 
+def test_all_errors_are_every_error_in_rank_order(run, draw_figure, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(failures, "MOST_PLOTTED", 3)  # the figure shows the first few only
+    monkeypatch.setattr(failures, "plot_gallery", lambda cases, images, title, path: drawn.append((cases, title)))
+    result = failures.main(["--run", str(run), "--all-errors"])
+    assert [c["row"] for c in result["cases"]] == RANKED_ROWS and len(RANKED_ROWS) == 8
+    assert result["selection"] == {"source": "all", "rule": "every error, most confident first"}
+    (cases, title), = drawn
+    assert [c["row"] for c in cases] == RANKED_ROWS[:3] and "(the first 3 of 8)" in title
+
+
 @pytest.mark.parametrize("args,hypotheses,message", [
     (["--cases", "1000"], None, "test index 1000 is not in this run's test set"),
     (["--num-cases", "9"], None, "more cases than the 8 misclassified test images"),
@@ -201,6 +212,7 @@ def test_missing_predictions_says_run_evaluate_first(run):
     (["--num-cases", "0"], "argument --num-cases: must be at least 1"),
     (["--top", "-1"], "argument --top: must be at least 0"),
     (["--num-cases", "2", "--cases", "1"], "cannot be combined"),
+    (["--all-errors", "--num-cases", "2"], "cannot be combined"),
 ])
 def test_bad_flag_values_are_usage_errors(run, capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("train", "evaluate", "failures", "gradcam", "corruptions", "faithfulness", "compare", "explore")
+STEPS = ("train", "evaluate", "failures", "gradcam", "causes", "corruptions", "faithfulness", "compare", "explore")
 
 
 def imported_modules(source):
@@ -51,7 +51,7 @@ def test_no_shared_module_imports_a_step():
 # The Makefile's dependency list of each step: the script and every project module it imports,
 # directly or through another module, so that editing any of them re-runs the step (training
 # excepted: the Makefile keeps a finished training when code changes, on purpose).
-MAKE_LISTS = {"EVALUATE": "evaluate.py", "FAILURES": "failures.py", "GRADCAM": "gradcam.py",
+MAKE_LISTS = {"EVALUATE": "evaluate.py", "FAILURES": "failures.py", "GRADCAM": "gradcam.py", "CAUSES": "causes.py",
               "CORRUPTIONS": "corruptions.py", "FAITHFULNESS": "faithfulness.py", "COMPARE": "compare.py",
               "REPORT": "report/report.py", "SUPPLEMENT": "report/supplement.py", "EXPLORE": "explore.py"}
 
