@@ -198,42 +198,36 @@ def read_cases(path, labels, indices, run, fields=CASE_FIELDS, probs=None):
     return data, cases
 
 
-def read_gradcam(run, cases):
-    """gradcam.py's gradcam.json of a run, checked to explain exactly `cases` (failures.json's),
-    in the same order, with the weights that metrics.json names."""
-    path = Path(run) / "gradcam.json"
-    redo = f"python gradcam.py --run {run}"
+def _read_per_case(run, cases, name, what, about, verb):
+    """A JSON file of a run that a later step wrote about failures.json's `cases`, checked to hold
+    exactly those cases, in the same order, made with the weights that metrics.json names; `verb`
+    says what the file does to a case in its messages ("explain")."""
+    path = Path(run) / name
+    redo = f"python {WRITERS[name]} --run {run}"
     if not path.is_file():
-        raise UserError(f"{path} does not exist; {redo} writes the Grad-CAM evidence of the cases")
-    data = read_json(path, "Grad-CAM results")
-    explained = data.get("cases")
-    if not isinstance(explained, list) or [c.get("index") if isinstance(c, dict) else None
-                                           for c in explained] != [c["index"] for c in cases]:
-        raise UserError(f"{path} does not explain the cases of failures.json (it is older, or made "
+        raise UserError(f"{path} does not exist; {redo} writes {about}")
+    data = read_json(path, what)
+    listed = data.get("cases")
+    if not isinstance(listed, list) or [c.get("index") if isinstance(c, dict) else None
+                                        for c in listed] != [c["index"] for c in cases]:
+        raise UserError(f"{path} does not {verb} the cases of failures.json (it is older, or made "
                         f"for other cases); re-run {redo}")
     if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
-        raise UserError(f"{path} explains other weights than metrics.json's (the run was re-evaluated "
-                        f"since); re-run {redo}")
+        raise UserError(f"{path} {verb}s other weights than metrics.json's (the run was "
+                        f"re-evaluated since); re-run {redo}")
     return data
+
+
+def read_gradcam(run, cases):
+    """gradcam.py's gradcam.json of a run: the Grad-CAM evidence of exactly `cases`."""
+    return _read_per_case(run, cases, "gradcam.json", "Grad-CAM results",
+                          "the Grad-CAM evidence of the cases", "explain")
 
 
 def read_causes(run, cases):
-    """causes.py's causes.json of a run, checked to state a cause for exactly `cases`
-    (failures.json's), in the same order, with the weights that metrics.json names."""
-    path = Path(run) / "causes.json"
-    redo = f"python causes.py --run {run}"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; {redo} writes the cause of each case")
-    data = read_json(path, "causes file")
-    stated = data.get("cases")
-    if not isinstance(stated, list) or [c.get("index") if isinstance(c, dict) else None
-                                        for c in stated] != [c["index"] for c in cases]:
-        raise UserError(f"{path} does not state the causes of failures.json's cases (it is older, or "
-                        f"made for other cases); re-run {redo}")
-    if data.get("weights_sha256") != read_metrics(run).get("weights_sha256"):
-        raise UserError(f"{path} was made with other weights than metrics.json's (the run was "
-                        f"re-evaluated since); re-run {redo}")
-    return data
+    """causes.py's causes.json of a run: the stated cause of exactly `cases`."""
+    return _read_per_case(run, cases, "causes.json", "causes file", "the cause of each case",
+                          "explain")
 
 
 def read_gradcam_maps(run, indices, layer, checkpoint):

@@ -186,3 +186,19 @@ def test_a_rule_that_states_causes_at_random_fails_the_same_thresholds(planted_s
     result = {"planted": score_causes.score(shuffled["baseline"], truths, 10),
               "control": score_causes.false_alarms(shuffled["control"])}
     assert not meets(result)
+
+
+def test_a_stale_causes_file_is_refused_by_its_loader(tiny_run, tmp_path):
+    import shutil
+    from contract import read_causes
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    causes.main(["--run", str(run), "--device", "cpu"])
+    cases = json.loads((run / "failures.json").read_text())["cases"]
+    assert [c["index"] for c in read_causes(run, cases)["cases"]] == [c["index"] for c in cases]
+    with pytest.raises(Exception, match="causes.json does not explain the cases of failures.json"):
+        read_causes(run, cases[:1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "weights_sha256": "0" * 64}))
+    with pytest.raises(Exception, match="explains other weights than metrics.json's .*re-run python causes.py"):
+        read_causes(run, cases)
