@@ -235,9 +235,9 @@ CAUSES := causes.py cam.py hypotheses.py judgements.py shapes.py contract.py com
 CORRUPTIONS := corruptions.py corrupt.py contract.py common.py synthetic.py
 FAITHFULNESS := faithfulness.py cam.py shapes.py contract.py common.py synthetic.py
 COMPARE := compare.py compare_figures.py cam.py corrupt.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
-REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex settings.py shapes.py contract.py common.py synthetic.py
+REPORT := report/report.py report/study.py report/prose.py report/tex.py report/report.tex hypotheses.py judgements.py settings.py shapes.py contract.py common.py synthetic.py
 SUPPLEMENT := report/supplement.py report/supplement.tex $(REPORT)
-EXPLORE := explore.py report/explorer_template.html cam.py shapes.py contract.py common.py synthetic.py
+EXPLORE := explore.py report/explorer_template.html cam.py hypotheses.py shapes.py contract.py common.py synthetic.py
 
 $(S)/%/metrics.json: $(S)/%/config.json $(EVALUATE) | $(ENV)
 	$(call launch,evaluate) $(PY) evaluate.py --run $(@D) --checkpoint $(CHECKPOINT) --device $(DEVICE)
@@ -296,12 +296,14 @@ $(CMP)/comparison.json: $(B)/metrics.json $(S)/improved/metrics.json $(B)/gradca
 	$(call launch,compare) $(PY) compare.py --baseline $(B) --improved $(S)/improved \
 	  --cases $(B)/failures.json --out $(CMP) --device $(DEVICE)
 
-$(PDF): $(REPORT_INPUTS) $(REPORT) | $(ENV)
-	$(PY) report/report.py --study $(S) --out $@
+# make planted's score of the cause rule, quoted where it exists (else the report says it is not scored).
+$(PDF): $(REPORT_INPUTS) $(REPORT) $(wildcard $(RUNS_DIR)/planted/score.json) | $(ENV)
+	$(PY) report/report.py --study $(S) --out $@ $(patsubst %,--planted-score %,$(wildcard $(RUNS_DIR)/planted/score.json))
 
-# What the 6 pages have no room for: faithfulness, the corruption table, label-error suspects.
-$(SUPP): $(REPORT_INPUTS) $(SUPPLEMENT) | $(ENV)
-	$(PY) report/supplement.py --study $(S) --out $@
+# What the 6 pages have no room for: faithfulness, the numbers behind each stated cause, the
+# corruption table, label-error suspects.
+$(SUPP): $(REPORT_INPUTS) $(SUPPLEMENT) $(wildcard $(RUNS_DIR)/planted/score.json) | $(ENV)
+	$(PY) report/supplement.py --study $(S) --out $@ $(patsubst %,--planted-score %,$(wildcard $(RUNS_DIR)/planted/score.json))
 
 # The explorer reads what the report reads (not the PDFs: it only links to them) and the test images.
 $(EXPLORER): $(ANALYSIS) $(EXPLORE) | $(ENV)

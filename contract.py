@@ -21,7 +21,7 @@ from common import NAMED_DATASETS, UserError, build_model, load_checkpoint, load
 WRITERS = {"config.json": "train.py", "metrics.json": "evaluate.py", "failures.json": "failures.py",
            "corruptions.json": "corruptions.py", "faithfulness.json": "faithfulness.py",
            "comparison.json": "compare.py", "gradcam.json": "gradcam.py", "seeds.json": "compare.py",
-           "ablation.json": "compare.py", "causes.json": "causes.py",
+           "ablation.json": "compare.py", "causes.json": "causes.py", "score.json": "tools/score_causes.py",
            # the other files the report build reads: the runs' history and figures, compare.py's figures
            "history.csv": "train.py", "curves.png": "train.py", "failures.png": "failures.py",
            "gradcam.png": "gradcam.py", "causes.png": "causes.py", "faithfulness.png": "faithfulness.py",
@@ -228,6 +228,14 @@ def read_causes(run, cases):
     """causes.py's causes.json of a run: the stated cause of exactly `cases`."""
     return _read_per_case(run, cases, "causes.json", "causes file", "the cause of each case",
                           "explain")
+
+
+def read_score(path):
+    """tools/score_causes.py's score.json (make planted): how the cause rule did on planted causes."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"planted score {path} does not exist; make planted writes runs/planted/score.json")
+    return read_json(path, "planted score")
 
 
 def read_gradcam_maps(run, indices, layer, checkpoint):

@@ -6,9 +6,10 @@
 Reads, and never writes, what the chain left in the study folder: both runs' config.json and
 predictions.npz (evaluate.py), compare/comparison.json (headline numbers, label-error suspects),
 the baseline's failure cases with their Grad-CAM evidence and maps (failures.json, gradcam.json,
-gradcam.npz) and the test images (the baseline's dataset). Writes one self-contained page: the
-thumbnails as one embedded image sprite, the data as one JSON blob, and the HTML, CSS and
-JavaScript of report/explorer_template.html. Nothing is fetched when it is viewed, so it opens
+gradcam.npz) and their stated causes (causes.json), the test images and the failure cases' nearest
+training images (the baseline's dataset). Writes one self-contained page: the thumbnails as two
+embedded image sprites (the gallery's, the neighbours'), the data as one JSON blob, and the HTML,
+CSS and JavaScript of report/explorer_template.html. Nothing is fetched when it is viewed, so it opens
 from disk (file://) and can be mailed or archived with the study.
 """
 import base64
@@ -21,8 +22,9 @@ import numpy as np
 
 from cam import overlay  # the Grad-CAM overlay of the report's figures
 from common import UserError, arg_parser, atomic_write, cli_guard, git_commit
-from contract import (WRITERS, check_same_test_set, check_test_set, dataset_from_config, read_cases, read_config,
-                      read_gradcam, read_gradcam_maps, read_json, read_predictions)
+from contract import (WRITERS, check_same_test_set, check_test_set, dataset_from_config, read_cases, read_causes,
+                      read_config, read_gradcam, read_gradcam_maps, read_json, read_predictions)
+from hypotheses import CAUSE_NAMES
 from shapes import read_as
 
 # The page's HTML, CSS and JavaScript are a file of their own (read at run time), so that they are
@@ -70,22 +72,26 @@ def load_runs(study):
 
 
 def load_cases(base_run, pred):
-    """The baseline's failure cases (failures.json) with their Grad-CAM evidence (gradcam.json) and
-    maps for the predicted and the true class (gradcam.npz): (cases, explained, maps_pred, maps_true)."""
+    """The baseline's failure cases (failures.json) with their Grad-CAM evidence (gradcam.json),
+    their stated causes (causes.json) and their maps for the predicted and the true class
+    (gradcam.npz): (cases, explained, stated, maps_pred, maps_true)."""
     path = require(base_run / "failures.json")
     checked(path, read_json(path, "failures file"))
     _, cases = read_cases(path, pred["labels"], pred["indices"], base_run, probs=pred["probs"])
     require(base_run / "gradcam.json")
     explained = checked(base_run / "gradcam.json", read_gradcam(base_run, cases))
+    require(base_run / "causes.json")
+    stated = checked(base_run / "causes.json", read_causes(base_run, cases))
     maps = read_gradcam_maps(base_run, [c["index"] for c in cases], explained["layer"], explained["checkpoint"])
-    return cases, explained, *maps
+    return cases, explained, stated, *maps
 
 
-def test_images(run, config, pred, data_dir):
-    """The test images (N, 3, H, W) uint8, row for row those of predictions.npz."""
+def dataset(run, config, pred, data_dir):
+    """The run's dataset: its test images (N, 3, H, W) uint8 row for row those of predictions.npz,
+    and its training images, of which the page shows the failure cases' nearest."""
     ds = dataset_from_config(config, data_dir)
     check_test_set(run, pred, ds)
-    return ds.test_x
+    return ds
 
 
 #### What the page embeds
@@ -149,11 +155,29 @@ def sprite(images):
     return (uri if len(uri) * 3 / 4 <= PNG_BUDGET * max(n, 1) else png_uri(sheet, jpeg=True)), cols
 
 
-def case_entries(cases, explained, maps_pred, maps_true, images, comparison):
-    """The failure cases as the page shows them: hypothesis, evidence, overlays, whether fixed."""
+def neighbour_rows(stated):
+    """The training rows of every case's nearest training images, each once: their places in the
+    neighbours' sprite."""
+    return list(dict.fromkeys(r for c in stated["cases"] for r in c["evidence"]["neighbours"]["train_rows"]))
+
+
+def cause_entry(stated, slot):
+    """A case's stated cause as the page shows it: name, causes.py's sentence, and its nearest
+    training images (n: place in the neighbours' sprite, t: label, s: cosine similarity)."""
+    nb = stated["evidence"]["neighbours"]
+    return {"cause": stated["cause"], "name": CAUSE_NAMES.get(stated["cause"], stated["cause"]),
+            "sentence": stated["sentence"],
+            "neighbours": [{"n": slot[r], "t": t, "s": s} for r, t, s in zip(nb["train_rows"], nb["labels"],
+                                                                           nb["similarity"])]}
+
+
+def case_entries(cases, explained, stated, maps_pred, maps_true, images, comparison):
+    """The failure cases as the page shows them: hypothesis, evidence, stated cause, overlays,
+    whether fixed."""
     fixed = {c["index"]: c["fixed"] for c in comparison["cases"] or []}
+    slot = {r: k for k, r in enumerate(neighbour_rows(stated))}
     out = []
-    for case, ex, m_pred, m_true in zip(cases, explained["cases"], maps_pred, maps_true):
+    for case, ex, why, m_pred, m_true in zip(cases, explained["cases"], stated["cases"], maps_pred, maps_true):
         image = images[case["row"]]
         ev = ex["evidence"]
         out.append({"index": case["index"], "row": case["row"], "hypothesis": ex["hypothesis"],
@@ -161,6 +185,7 @@ def case_entries(cases, explained, maps_pred, maps_true, images, comparison):
                     "correlation": ev["pred_true_correlation"],
                     "evidence": {k: {s: ev[k][s] for s in ("centre_mass", "centre_mass_percentile",
                                                                "peak_in_box", "empty")} for k in ("pred", "true")},
+                    "stated": cause_entry(why, slot),
                     "overlays": [png_uri(overlay(image, m, CAM_SIZE)) for m in (m_pred, m_true)]})
     return out
 
@@ -207,8 +232,9 @@ def run(args):
     runs, (config, _), preds = load_runs(study)
     comparison = checked(require(study / "compare" / "comparison.json"),
                          read_json(study / "compare" / "comparison.json", "comparison"))
-    cases, explained, maps_pred, maps_true = load_cases(runs[0], preds[0])
-    images = test_images(runs[0], config, preds[0], args.data_dir)
+    cases, explained, stated, maps_pred, maps_true = load_cases(runs[0], preds[0])
+    ds = dataset(runs[0], config, preds[0], args.data_dir)
+    images = ds.test_x
     labels, indices, probs = preds[0]["labels"], preds[0]["indices"], [p["probs"] for p in preds]
     category = categories(probs, labels)
     rows = np.arange(len(labels)) if args.all else np.flatnonzero(category != CATEGORIES.index("both_right"))
@@ -216,12 +242,14 @@ def run(args):
     suspect_of = {s["row"]: k for k, s in enumerate(found["rows"])}
     case_of = {c["row"]: k for k, c in enumerate(cases)}
     sprite_uri, cols = sprite(images[rows])
+    near_uri, near_cols = sprite(ds.train_x[neighbour_rows(stated)])  # a few dozen: the cases' neighbours
     data = {"study": study.resolve().name, "models": [r.name for r in runs], "classes": config["classes"],
             "superclasses": config.get("superclasses"), "all": bool(args.all), "n_test": len(labels),
             "thumb": THUMB, "cols": cols, "categories": CATEGORIES, "headline": headline(comparison, study, out),
             "confusion": confusion(labels, probs, len(config["classes"])), "suspects": found,
             "layer": explained["layer"],
-            "cases": case_entries(cases, explained, maps_pred, maps_true, images, comparison),
+            "cases": case_entries(cases, explained, stated, maps_pred, maps_true, images, comparison),
+            "neighbour_sprite": {"uri": near_uri, "cols": near_cols},
             "items": gallery_items(rows, probs, labels, indices, category, suspect_of, case_of),
             "commit": git_commit()}
     page = render(data, sprite_uri).encode("utf-8")

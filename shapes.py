@@ -165,17 +165,31 @@ ABLATION = {"ablation": ListOf({"changed": DictOf(ANY), "accuracy": NUMBER, "dif
 PROBE = {"p_pred": NUMBER, "p_true": NUMBER, "top": int}
 CAUSES = {"cases": ListOf({"index": int, "cause": str, "sentence": str, "confidence": NUMBER,
                            "evidence": {"neighbours": {"k": int, "train_rows": ListOf(int), "labels": ListOf(int),
-                                                       "pred_share": NUMBER, "true_share": NUMBER},
+                                                       "similarity": ListOf(NUMBER), "pred_share": NUMBER,
+                                                       "true_share": NUMBER},
                                         "pair_errors": int, "pair_lift": NUMBER, "moved_by_small_changes": int,
                                         "interventions": DictOf(PROBE)}}, min_len=1),
           "thresholds": DictOf(NUMBER)}
+
+# score.json (tools/score_causes.py, make planted): the cause rule scored on planted causes. The
+# report quotes the precision and recall below, the supplement the whole table.
+PRECISION = {"n": int, "all": Nullable(NUMBER), "top": Nullable(NUMBER)}  # null: the cause never stated
+SCORE = {"thresholds": DictOf(NUMBER),
+         "planted": {"table": DictOf(DictOf(int)), "top": ANY,
+                     "precision": dict.fromkeys(("label_error", "lookalike", "context", "fragile"), PRECISION),
+                     # null: nothing of that kind was planted among the errors
+                     "recall": dict.fromkeys(("label_error", "lookalike", "context"), Nullable(NUMBER))},
+         # the control model's errors (score_causes.py --control)
+         "control?": {"n": int, "stated": DictOf(int), "false_alarms": int, "rate": Nullable(NUMBER)},
+         "git_commit?": ANY}
 
 # Each kind of JSON file by its name, as in contract.WRITERS. corruptions.json is not read: the
 # report's corruption numbers are compare.py's, in comparison.json.
 FILE_SHAPES = {"comparison.json": COMPARISON,
                "config.json": IfKey("imported", {**CONFIG, **IMPORTED}, {**CONFIG, **TRAINED}),
                "metrics.json": METRICS, "failures.json": FAILURES, "gradcam.json": GRADCAM,
-               "faithfulness.json": FAITHFULNESS, "causes.json": CAUSES, "seeds.json": SEEDS, "ablation.json": ABLATION}
+               "faithfulness.json": FAITHFULNESS, "causes.json": CAUSES, "seeds.json": SEEDS, "ablation.json": ABLATION,
+               "score.json": SCORE}
 
 
 #### Checking a file against its kind's keys

@@ -8,6 +8,8 @@ module only words. report.py puts its texts into macros.tex.
 import re
 from pathlib import Path
 
+from hypotheses import CAUSE_NAMES
+from judgements import CAUSE_THRESHOLDS
 from settings import label as setting_label
 from tex import and_list, count, dataset_name, p_tex, pct, seconds_text, setting_text, signed, tex_escape, trend
 
@@ -315,6 +317,89 @@ def cases_sentence(comparison):
     return s + "."
 
 
+#### The stated causes (causes.json) and how the rule did on planted causes (score.json)
+
+def cause_name(cause):
+    return CAUSE_NAMES.get(cause, cause.replace("_", " "))
+
+
+def cause_words(stated):
+    """A case's stated cause for Table 2: the name in bold, then causes.py's own words with the
+    numbers that carry it (its sentence starts with the name, which is not repeated)."""
+    name = cause_name(stated["cause"])
+    words = stated["sentence"].removeprefix(f"{name}: ").replace("->", "→")
+    return rf"\textbf{{{tex_escape(name)}}}: {tex_escape(words)}"
+
+
+def cause_group(cause, flags):
+    """How the improved model does on the cases of one stated cause (flags: each case fixed or not):
+    'the look-alike case wrong', '1 of the 2 context-cue cases right', 'both fragile cases right'."""
+    noun, n, k = f"{cause_name(cause).replace(' ', '-')} case", len(flags), sum(flags)
+    if n == 1:
+        return f"the {noun} {'right' if k else 'wrong'}"
+    which = (f"none of the {n}" if not k else "both" if n == k == 2 else f"all {n}" if k == n else f"{k} of the {n}")
+    return f"{which} {noun}s right"
+
+
+def causes_recheck_sentence(causes, comparison):
+    """The improved model on the baseline's cases, by stated cause: whether each cause went away.
+    A label error that it 'gets right' agrees with a label that is likely wrong: that cause stays."""
+    fixed = {c["index"]: c["fixed"] for c in comparison["cases"] or []}
+    groups = {}
+    for c in causes["cases"]:
+        if c["index"] in fixed:
+            groups.setdefault(c["cause"], []).append(bool(fixed[c["index"]]))
+    if not groups:
+        return ""
+    order = sorted(groups, key=lambda c: list(CAUSE_NAMES).index(c) if c in CAUSE_NAMES else len(CAUSE_NAMES))
+    s = "By stated cause, the improved model gets " + and_list([cause_group(c, groups[c]) for c in order])
+    if sum(groups.get("label_error", [])):
+        s += ("; where it gets a label error right it agrees with a label that is probably wrong, so "
+              "that cause, the label, remains")
+    return s + "."
+
+
+def changed_thresholds(score):
+    """The cause rule's thresholds that differ between a score and judgements.py, by name."""
+    scored = score["thresholds"]
+    return sorted(k for k in {*scored, *CAUSE_THRESHOLDS} if scored.get(k) != CAUSE_THRESHOLDS.get(k))
+
+
+def cause_score_sentence(score):
+    """How the cause rule did on planted causes (make planted's score.json), or that it was not
+    scored here, or that the score at hand is of another rule (other thresholds)."""
+    if score is None:
+        return ("The rule has not been scored here: make planted scores it on the errors of a model "
+                "trained on synthetic images with label errors, look-alikes and context cues planted.")
+    differ = changed_thresholds(score)
+    if differ:
+        which = f"threshold {differ[0]} differs" if len(differ) == 1 else f"thresholds {and_list(differ)} differ"
+        return (f"The planted score given is of another rule (its {tex_escape(which)} from judgements.py's), so it "
+                "is not quoted; make planted scores this one.")
+    s = score["planted"]
+    n = sum(sum(row.values()) for row in s["table"].values())
+
+    def right(cause):  # precision over every case stated so
+        p = s["precision"][cause]
+        return (f"none of the cases it called {cause_name(cause)}s" if not p["n"] else
+                f"{pct(p['all'], 0)}\\,\\% of the {count(p['n'], 'case')} it called {cause_name(cause)}s")
+
+    def found(cause):  # recall; null where nothing of that kind was planted among the errors
+        r = s["recall"][cause]
+        return (f"no planted {cause_name(cause)}s, none being among the errors" if r is None else
+                f"{pct(r, 0)}\\,\\% of the planted {cause_name(cause)}s")
+    commit = f" at commit \\texttt{{{tex_escape(str(score['git_commit'])[:12])}}}" if score["git_commit"] else ""
+    text = (f"Scored on planted causes (make planted{commit}: the {count(n, 'error')} of a model trained on "
+            f"synthetic images with causes planted), the rule was right for {right('label_error')} and "
+            f"{right('context')}; it found {and_list([found(c) for c in s['recall']])}")
+    ctl = score["control"]
+    if ctl is None:
+        return text + "; no control model was scored."
+    rate = "n/a" if ctl["rate"] is None else f"{pct(ctl['rate'], 0)}\\,\\%"
+    return (text + f"; on a control model with nothing planted it called {ctl['false_alarms']} of its "
+            f"{count(ctl['n'], 'error')} a label error or a context cue (false alarms: {rate}).")
+
+
 def errors_sentence(failures):
     summary = failures["summary"]
     levels = ", ".join(f"{n} at confidence $\\geq$ {t}"
@@ -617,6 +702,8 @@ def prose(data):
         "ProseSelection": selection_sentence(failures),
         "ProsePerClass": per_class_sentence(comparison), "ProseCases": cases_sentence(comparison),
         "ProseErrors": errors_sentence(failures),
+        "ProseCauseScore": cause_score_sentence(data["score"]),
+        "ProseCausesRevisited": causes_recheck_sentence(data["causes"], comparison),
         "ProseGradcamReference": gradcam_reference_sentence(data["gradcam"]),
         "ProseCoarseMaps": coarse_maps_sentence(data["gradcam"], tex_escape(comparison["gradcam_layer"] or "")),
         "ProseRandomisation": randomisation_sentence(data["faithfulness"]),

@@ -2,10 +2,12 @@
 (the sentences come from prose.py; the inputs are read and checked, and the PDF compiled, by study.py).
 
     python report/report.py --study runs/resnet18-cifar100 --out runs/resnet18-cifar100/report.pdf
+    python report/report.py --study runs/smoke --planted-score runs/planted/score.json
 
 Needs the study folder that `make study` fills (baseline/, improved/, compare/), pdflatex and
-latexmk. Writes <out dir>/report/: macros.tex (every number and every result-dependent sentence as
-a \\newcommand), table-*.tex, figures.txt (the figures the report includes), report.tex (a copy of
+latexmk; with --planted-score, make planted's score of the cause rule, which it quotes. Writes
+<out dir>/report/: macros.tex (every number and every result-dependent sentence as a \\newcommand),
+table-*.tex, figures.txt (the figures the report includes), report.tex (a copy of
 report/report.tex) and build/ (latexmk's output, with the .fls recorder file); then copies
 build/report.pdf to --out. The same inputs give the same PDF bytes (SOURCE_DATE_EPOCH).
 """
@@ -17,10 +19,10 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: common.py is in the repository's root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, at_least, atomic_write, cli_guard
-from prose import SHORT_CHECKPOINT, at_threshold, changed_list, checkpoint_name, code_resumes, prose
+from prose import SHORT_CHECKPOINT, at_threshold, cause_words, changed_list, checkpoint_name, code_resumes, prose
 from settings import SETTINGS, label as setting_label, shown as setting_shown
-from study import (build_pdf, load_config, load_extras, load_gradcam, load_json, load_metrics, require_file,
-                   source_date, write_text)
+from study import (build_pdf, load_causes, load_config, load_extras, load_gradcam, load_json, load_metrics,
+                   load_score, require_file, source_date, write_text)
 from tex import dataset_name, p_tex, pct, seconds_text, setting_text, signed, tex_escape
 
 TEMPLATE = Path(__file__).resolve().parent / "report.tex"
@@ -35,14 +37,14 @@ INPUTS = {
     "base_metrics": "baseline/metrics.json",
     "impr_config": "improved/config.json", "impr_curves": "improved/curves.png",
     "impr_metrics": "improved/metrics.json",
-    "failures": "baseline/failures.json",
-    "failures_png": "baseline/failures.png", "gradcam_png": "baseline/gradcam.png",
+    "failures": "baseline/failures.json", "causes": "baseline/causes.json",
+    "causes_png": "baseline/causes.png", "gradcam_png": "baseline/gradcam.png",
     "gradcam": "baseline/gradcam.json", "comparison": "compare/comparison.json",
     **{f"cmp_{s}": f"compare/{s}.pdf" for s in ("confidence", "high_confidence", "per_class", "gradcam_compare")},
 }
 RUNS = {"base": "baseline", "impr": "improved"}  # the key prefixes of INPUTS and of the loaded data
 FIGURE_MACROS = {"FigBaseCurves": "base_curves", "FigImprCurves": "impr_curves",
-                 "FigFailures": "failures_png", "FigGradcam": "gradcam_png",
+                 "FigCauses": "causes_png", "FigGradcam": "gradcam_png",
                  "FigConfidence": "cmp_confidence", "FigHighConf": "cmp_high_confidence",
                  "FigPerClass": "cmp_per_class", "FigGradcamCompare": "cmp_gradcam_compare"}
 # compare.py figures that report.tex places only when comparison.json lists them (\ifHas<Name>).
@@ -51,9 +53,10 @@ OPTIONAL_FIGURES = {"reliability": "Reliability", "corruptions": "Corruptions"}
 
 #### Loading
 
-def load_study(study):
+def load_study(study, planted_score=None):
     """Paths of every input and the JSON files' contents, each checked by study.py: a missing or
-    damaged file stops the build with a sentence naming the script that writes it."""
+    damaged file stops the build with a sentence naming the script that writes it. planted_score:
+    make planted's score.json, or None (the report then says that the cause rule is not scored)."""
     study = Path(study)
     if not study.is_dir():
         raise UserError(f"study folder {study} does not exist; run make study STUDY=<name> first")
@@ -76,8 +79,12 @@ def load_study(study):
             print(f"note: comparison.json lists the figure {stem}, which report.tex does not place",
                   file=sys.stderr)
     data.update(load_extras(study, paths))
-    # Read last: contract.read_gradcam checks that gradcam.json explains failures.json's cases.
+    # Read last: contract.read_gradcam and read_causes check that they explain failures.json's cases.
     data["gradcam"] = load_gradcam(study / "baseline", data["failures"]["cases"], study)
+    data["causes"] = load_causes(study / "baseline", data["failures"]["cases"], study)
+    data["score"] = load_score(planted_score)
+    if planted_score is not None:
+        paths["planted_score"] = Path(planted_score)
     for side, run in RUNS.items():
         if abs(data[f"{side}_metrics"]["test_accuracy"] - comparison[f"accuracy_{run}"]) > 1e-5:
             raise UserError(f"{paths['comparison']} is older than {paths[side + '_metrics']}; "
@@ -207,14 +214,14 @@ def evidence_text(ev):
     return f"{one('pred.', ev['pred'])}; {one('true', ev['true'])}; {corr}"
 
 
-def cases_table(failures, gradcam, comparison):
+def cases_table(failures, gradcam, causes, comparison):
     later = {c["index"]: c for c in comparison["cases"] or []}
     lines = [r"\begin{tabularx}{\linewidth}{@{}r>{\raggedright\arraybackslash}p{0.25\linewidth}rr"
              r">{\raggedright\arraybackslash}X>{\raggedright\arraybackslash}p{0.15\linewidth}@{}}",
              r"\toprule",
              r"\# & true $\to$ predicted & conf. & $p$(true), rank & Grad-CAM evidence & improved model \\",
              r"\midrule"]
-    for k, (c, explained) in enumerate(zip(failures["cases"], gradcam["cases"])):
+    for k, (c, explained, stated) in enumerate(zip(failures["cases"], gradcam["cases"], causes["cases"])):
         pair = f"{tex_escape(c['true_name'])} $\\to$ {tex_escape(c['pred_name'])}"
         if "same_superclass" in c:
             pair += (f" (both {tex_escape(c['true_superclass'])})" if c["same_superclass"] else
@@ -227,6 +234,8 @@ def cases_table(failures, gradcam, comparison):
                   f"{evidence_text(explained['evidence'])} & {after} \\\\",
                   rf"\multicolumn{{6}}{{@{{}}p{{\linewidth}}@{{}}}}{{\emph{{Hypothesis ({source}):}} "
                   rf"{tex_escape(explained['hypothesis'])}}} \\",
+                  # the stated cause beside the hypothesis, which stays as given
+                  rf"\multicolumn{{6}}{{@{{}}p{{\linewidth}}@{{}}}}{{\emph{{Stated cause:}} {cause_words(stated)}}} \\",
                   r"\midrule" if k + 1 < len(failures["cases"]) else r"\bottomrule"]
     return "\n".join(lines + [r"\end{tabularx}"]) + "\n"
 
@@ -256,14 +265,15 @@ def write_sources(study, paths, data, report_dir, scale=1):
     write_text(report_dir / "table-config.tex", config_table(data, comparison["changed_settings"]))
     write_text(report_dir / "table-twobytwo.tex", two_by_two_table(comparison))
     write_text(report_dir / "table-highconf.tex", high_confidence_table(comparison))
-    write_text(report_dir / "table-cases.tex", cases_table(data["failures"], data["gradcam"], comparison))
+    write_text(report_dir / "table-cases.tex",
+               cases_table(data["failures"], data["gradcam"], data["causes"], comparison))
     write_text(report_dir / "figures.txt", "".join(f"{p}\n" for p in figures.values()))
     write_text(report_dir / "report.tex", TEMPLATE.read_text())
     return figures
 
 
 def run(args):
-    study, paths, data = load_study(args.study)
+    study, paths, data = load_study(args.study, args.planted_score)
     out = Path(args.out) if args.out else study / "report.pdf"
     report_dir = out.parent / "report"
     for scale in FIGURE_SCALES:
@@ -289,6 +299,8 @@ def build_parser():
     p.add_argument("--study", required=True, help="study folder with baseline/, improved/ and compare/")
     p.add_argument("--out", default=None, help="the PDF to write (default: <study>/report.pdf); "
                    "the LaTeX sources go to report/ next to it")
+    p.add_argument("--planted-score", default=None, help="make planted's score of the cause rule "
+                   "(runs/planted/score.json), quoted in the report; without it the report says the rule is not scored")
     # The study's brief allows six pages: a longer report is an error, not a warning.
     p.add_argument("--max-pages", type=at_least(1), default=MAX_PAGES, help="longest allowed PDF")
     return p

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from common import UserError, atomic_write
-from contract import WRITERS, read_config, read_gradcam, read_json, read_metrics
+from contract import WRITERS, read_causes, read_config, read_gradcam, read_json, read_metrics, read_score
 from shapes import SIDES, items_text, read_as
 
 STUDIES = ("resnet18-cifar100", "simplecnn-cifar10", "smoke")  # the Makefile's STUDY values
@@ -81,6 +81,24 @@ def load_gradcam(run, cases, study):
     """gradcam.json, which contract.read_gradcam checks to explain `cases` with metrics.json's weights."""
     require_file(run / "gradcam.json", study)
     return checked(run / "gradcam.json", read_gradcam(run, cases), study)
+
+
+def load_causes(run, cases, study):
+    """causes.json, which contract.read_causes checks to state the cause of `cases` with metrics.json's weights."""
+    require_file(run / "causes.json", study)
+    return checked(run / "causes.json", read_causes(run, cases), study)
+
+
+def load_score(path):
+    """make planted's score.json (given by path, under any name), checked; None without a path (the
+    rule not scored here). One planted study scores the rule for every study: its fix is make planted."""
+    if path is None:
+        return None
+    path = Path(path)
+    data, problem = read_as(read_score(path), "score.json", "the report")
+    if problem:
+        raise UserError(f"{path} {problem}; write it again with {WRITERS['score.json']} (make planted)")
+    return data
 
 
 def load_extras(study, paths):

@@ -1,9 +1,12 @@
 """Build a study's supplement PDF: what the 6-page report has no room for, from the JSON results.
 
     python supplement.py --study runs/smoke      # writes runs/smoke/supplement.pdf
+    python supplement.py --study runs/smoke --planted-score runs/planted/score.json
 
 Faithfulness of both models' Grad-CAM maps (faithfulness.py), the corruption grid per corruption,
-possible label errors (compare.py), and make seeds / make ablation results when they exist.
+possible label errors (compare.py), every number behind each failure case's stated cause (causes.py)
+with the cause rule's score on planted causes (make planted, --planted-score), and make seeds / make
+ablation results when they exist.
 Sources go to <out dir>/report/ beside the main report's: supplement.tex (a copy of
 report/supplement.tex) and supplement-body.tex (every number and sentence, generated here);
 the same inputs give the same PDF bytes, as for report.py. study.py reads and checks the inputs and
@@ -17,9 +20,10 @@ if __name__ == "__main__":  # run as a script: common.py is in the repository's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
 from contract import checkpoint_words
-from prose import changed_list
-from study import build_pdf, load_config, load_extras, load_json, require_file, source_date, write_text
-from tex import p_tex, pct, signed, tex_escape
+from prose import cause_name, cause_score_sentence, cause_words, changed_list, changed_thresholds
+from study import (build_pdf, load_causes, load_config, load_extras, load_json, load_score, require_file, source_date,
+                   write_text)
+from tex import and_list, count, p_tex, pct, signed, tex_escape
 
 TEMPLATE = Path(__file__).resolve().parent / "supplement.tex"
 MODELS = ("baseline", "improved")
@@ -151,21 +155,118 @@ def seeds_and_ablation_section(seeds, ablation):
     return out
 
 
+#### The stated causes: every number causes.py measured, and the rule's planted score
+
+# What each of causes.py's interventions does to the image, in its order in causes.json.
+INTERVENTION_WORDS = {
+    "original": "the image as tested", "remove_border": "border removed (centre kept)",
+    "remove_marked": "marked region removed", "keep_marked": "marked region alone",
+    "remove_elsewhere": "a region as large removed elsewhere", "keep_true_marked": "true-class region alone",
+    "flip": "flipped left-right", "shift_left": "shifted left", "shift_right": "shifted right",
+    "shift_up": "shifted up", "shift_down": "shifted down"}
+
+
+def class_cell(c, pred, classes):
+    """A class name, bold where it is the case's predicted class (as in the causes figure)."""
+    name = tex_escape(classes[c])
+    return rf"\textbf{{{name}}}" if c == pred else name
+
+
+def case_tables(stated, classes):
+    """One case's interventions (p of its predicted and true class, and the class then preferred)
+    beside its nearest training images (label, cosine similarity)."""
+    pred = stated["pred"]
+    probes = "\n".join(f"{INTERVENTION_WORDS.get(name, tex_escape(name))} & {p['p_pred']:.3f} & {p['p_true']:.3f} & "
+                       f"{class_cell(p['top'], pred, classes)} \\\\"
+                       for name, p in stated["evidence"]["interventions"].items())
+    nb = stated["evidence"]["neighbours"]
+    near = "\n".join(f"{j + 1} & {class_cell(c, pred, classes)} & {s:.3f} \\\\"
+                     for j, (c, s) in enumerate(zip(nb["labels"], nb["similarity"])))
+    return rf"""\begin{{minipage}}[t]{{0.6\linewidth}}\vspace{{0pt}}\centering\footnotesize
+\begin{{tabular}}{{lrrl}}\toprule
+intervention & $p$(pred.) & $p$(true) & predicted \\\midrule
+{probes}
+\bottomrule\end{{tabular}}
+\end{{minipage}}\hfill
+\begin{{minipage}}[t]{{0.36\linewidth}}\vspace{{0pt}}\centering\footnotesize
+\begin{{tabular}}{{rlr}}\toprule
+\# & training label & similarity \\\midrule
+{near}
+\bottomrule\end{{tabular}}
+\end{{minipage}}
+"""
+
+
+def case_section(stated, classes):
+    """One case: its stated cause in causes.py's words, the numbers the rule weighed, its tables."""
+    ev, nb = stated["evidence"], stated["evidence"]["neighbours"]
+    pair = f"{tex_escape(stated['true_name'])} $\\to$ {tex_escape(stated['pred_name'])}"
+    small = [name for name in ev["interventions"] if name == "flip" or name.startswith("shift_")]
+    moved = ev["moved_by_small_changes"]
+    return (f"\\subsection*{{\\#{stated['index']}: {pair} (confidence {stated['confidence']:.2f})}}\n"
+            f"{cause_words(stated)}\n\nThe pair {pair} has {count(ev['pair_errors'], 'test error')}, "
+            f"{ev['pair_lift']:.1f} times an even spread of the true class's errors; {moved} of the "
+            f"{len(small)} small changes (flip, shifts) {'moves' if moved == 1 else 'move'} the prediction; "
+            f"{round(nb['pred_share'] * nb['k'])} of the {nb['k']} nearest training images are labelled with "
+            f"the predicted class, {round(nb['true_share'] * nb['k'])} with the true one.\n\n"
+            + case_tables(stated, classes))
+
+
+def planted_table(score):
+    """make planted's confusion table of planted against stated causes, with recall per row."""
+    s = score["planted"]
+    stated = list(next(iter(s["table"].values())))
+    head = " & ".join(tex_escape(cause_name(c)) for c in stated)
+    rows = "\n".join(f"{tex_escape(cause_name(p))} & " + " & ".join(str(row.get(c, 0)) for c in stated)
+                     + f" & {'--' if s['recall'].get(p) is None else pct(s['recall'][p], 0)} \\\\"
+                     for p, row in s["table"].items())
+    precision = and_list([f"{tex_escape(cause_name(c))} " + (f"{pct(p['all'], 0)}\\,\\% of {p['n']}" if p["n"]
+                                                           else "never stated") for c, p in s["precision"].items()])
+    return (f"\\begin{{center}}\\small\\begin{{tabular}}{{l{'r' * len(stated)}r}}\\toprule\n"
+            f"planted $\\backslash$ stated & {head} & recall (\\%) \\\\\\midrule\n{rows}\n"
+            f"\\bottomrule\\end{{tabular}}\\end{{center}}\nPrecision of each stated cause (share of the cases "
+            f"stated so whose planted cause it is): {precision}.\n")
+
+
+def causes_section(study, causes, classes, score, report_dir):
+    figure = os.path.relpath(study / "baseline" / "causes.png", report_dir)
+    text = (r"\section{The stated cause of each failure case}" "\n"
+            r"For each of the baseline's failure cases, \texttt{causes.py} measured the probabilities of the "
+            "predicted and the true class under each intervention (a removed region is filled with a blurred "
+            "copy of the image; the marked region holds the pixels that the predicted-class Grad-CAM map "
+            "ranks highest, the true-class region those of the true-class map), and found its nearest "
+            "training images by cosine similarity of the baseline's penultimate features. Bold: the "
+            "predicted class.\n\n"
+            f"\\begin{{center}}\\includegraphics[width=\\linewidth]{{{figure}}}\\end{{center}}\n")
+    text += "".join(case_section(c, classes) for c in causes["cases"])
+    text += "\\subsection*{The rule on planted causes}\n" + cause_score_sentence(score) + "\n"
+    if score is not None and not changed_thresholds(score):
+        text += planted_table(score)
+    return text
+
+
 def run(args):
     study = Path(args.study)
     out = Path(args.out) if args.out else study / "supplement.pdf"
     paths = {"comparison": study / "compare" / "comparison.json",
-             **{m: study / m / "faithfulness.json" for m in MODELS}}
-    for path in [*paths.values(), *(study / m / "faithfulness.png" for m in MODELS)]:
+             **{m: study / m / "faithfulness.json" for m in MODELS},
+             "failures": study / "baseline" / "failures.json", "causes": study / "baseline" / "causes.json"}
+    for path in [*paths.values(), *(study / m / "faithfulness.png" for m in MODELS), study / "baseline" / "causes.png"]:
         require_file(path, study)
     # Everything is read and checked (study.py) before anything is written.
     comparison = load_json(paths["comparison"], study, "comparison")
     faith = {m: load_json(paths[m], study, "faithfulness results") for m in MODELS}
     configs = {m: load_config(study / m, study) for m in MODELS}
     extra = load_extras(study, paths)
+    failures = load_json(paths["failures"], study, "failures")
+    causes = load_causes(study / "baseline", failures["cases"], study)  # checked to be failures.json's cases
+    score = load_score(args.planted_score)
+    if args.planted_score is not None:
+        paths["planted_score"] = Path(args.planted_score)
     report_dir = out.parent / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     body = (faithfulness_section(study.resolve(), faith, configs, report_dir.resolve())
+            + causes_section(study.resolve(), causes, configs["baseline"]["classes"], score, report_dir.resolve())
             + corruption_section(comparison) + suspects_section(comparison, study.resolve(), report_dir.resolve())
             + seeds_and_ablation_section(extra["seeds"], extra["ablation"]))
     if not TEMPLATE.is_file():
@@ -184,6 +285,8 @@ def build_parser():
     p = arg_parser(__doc__)
     p.add_argument("--study", required=True, help="study folder filled by make study")
     p.add_argument("--out", default=None, help="the PDF (default: <study>/supplement.pdf)")
+    p.add_argument("--planted-score", default=None, help="make planted's score of the cause rule "
+                   "(runs/planted/score.json): its whole table")
     return p
 
 

@@ -2,8 +2,8 @@
 
 The study is conftest's tiny run, copied as baseline and improved, with predictions of its 60 test
 images replaced by seeded ones (a one-epoch model predicts one class for everything, which would
-leave three of the four categories empty), then failures.py, gradcam.py and compare.py run on them
-as make study runs them: a few seconds. The browser tests drive Debian's Chromium headless with
+leave three of the four categories empty), then failures.py, gradcam.py, causes.py and compare.py run
+on them as make study runs them: a few seconds. The browser tests drive Debian's Chromium headless with
 Playwright (pip install -r requirements-browser.txt; nothing is downloaded: the system's Chromium
 is used) and open the page from disk. They skip, saying why, where either is missing, unless
 REQUIRE_BROWSER=1 (CI) makes them fail instead.
@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+import causes
 import compare
 import contract
 import explore
@@ -60,6 +61,7 @@ def study(tiny_run, tmp_path_factory):
     (root / "improved" / "config.json").write_text(json.dumps(dict(config, cutmix_prob=0.5, label_smoothing=0.1)))
     failures.main(["--run", str(root / "baseline"), "--num-cases", "3"])
     gradcam.main(["--run", str(root / "baseline"), "--device", "cpu"])
+    causes.main(["--run", str(root / "baseline"), "--device", "cpu"])
     compare.main(["--baseline", str(root / "baseline"), "--improved", str(root / "improved"), "--cases",
                   str(root / "baseline" / "failures.json"), "--out", str(root / "compare"), "--bootstrap", "100",
                   "--device", "cpu"])
@@ -122,6 +124,34 @@ def test_categories_and_predictions_are_those_of_the_predictions(study):
                                     for a in range(10)]
 
 
+def decoded(uri):
+    """A data URI's image as an RGB array."""
+    raw = np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8)
+    return cv2.imdecode(raw, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def train_images(study):
+    config = json.loads((study / "baseline" / "config.json").read_text())
+    return contract.dataset_from_config(config).train_x
+
+
+def test_cases_carry_their_stated_cause_and_nearest_training_images(study):
+    data = embedded(study / "explorer.html")
+    stated = json.loads((study / "baseline" / "causes.json").read_text())["cases"]
+    sheet, cols, train = decoded(data["neighbour_sprite"]["uri"]), data["neighbour_sprite"]["cols"], train_images(study)
+    for case, why in zip(data["cases"], stated):
+        got, nb = case["stated"], why["evidence"]["neighbours"]
+        assert (got["cause"], got["sentence"]) == (why["cause"], why["sentence"]) and got["name"]
+        assert [(n["t"], n["s"]) for n in got["neighbours"]] == list(zip(nb["labels"], nb["similarity"]))
+        for n, row in zip(got["neighbours"], nb["train_rows"]):  # its tile is that training image
+            y, x = divmod(n["n"], cols)
+            tile = sheet[32 * y:32 * y + 32, 32 * x:32 * x + 32].astype(int)
+            assert np.abs(tile - train[row].permute(1, 2, 0).numpy()).mean() < 20, (n, row)
+    # each training image once: the sprite holds no more tiles than distinct neighbours
+    assert len({n["n"] for c in data["cases"] for n in c["stated"]["neighbours"]}) == len(
+        {r for c in stated for r in c["evidence"]["neighbours"]["train_rows"]})
+
+
 def test_cases_carry_their_hypothesis_and_both_overlays(study):
     data = embedded(study / "explorer.html")
     explained = json.loads((study / "baseline" / "gradcam.json").read_text())["cases"]
@@ -148,7 +178,8 @@ def test_the_page_fetches_nothing_and_links_relatively(study):
     html = (study / "explorer.html").read_text(encoding="utf-8")
     remote = r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//"""
     assert not re.search(remote + r"|fetch\(|XMLHttpRequest|import\(", html)
-    assert html.count("data:image/") == 1 + 2 * len(embedded(study / "explorer.html")["cases"])
+    # the gallery's sprite, the neighbours' sprite and two overlays per case
+    assert html.count("data:image/") == 2 + 2 * len(embedded(study / "explorer.html")["cases"])
     assert embedded(study / "explorer.html")["headline"]["links"] == [["report.pdf", "report.pdf"],
                                                                       ["supplement.pdf", "supplement.pdf"]]
 
@@ -157,6 +188,7 @@ def test_the_page_fetches_nothing_and_links_relatively(study):
     (None, "study folder {study} does not exist; make study"),
     ("compare/comparison.json", "comparison.json is missing; compare.py writes it"),
     ("baseline/gradcam.json", "gradcam.json is missing; gradcam.py writes it"),
+    ("baseline/causes.json", "causes.json is missing; causes.py writes it"),
     ("improved/predictions.npz", "predictions.npz does not exist; run python evaluate.py"),
 ])
 def test_a_bad_study_is_one_sentence_and_writes_nothing(study, tmp_path, damage, message):
@@ -307,10 +339,32 @@ def test_a_thumbnail_shows_its_image_and_labels_and_opens_its_detail(page, study
     explained = json.loads((study / "baseline" / "gradcam.json").read_text())["cases"][0]
     assert f"Test image #{case['index']}" in panel and explained["hypothesis"] in panel
     assert page.locator("#panel figure img").count() == 2
+    check_stated_cause(page, study)
     page.keyboard.press("Escape")
     other = next(int(r) for r in t["wrong"] if r not in {c["row"] for c in t["comparison"]["cases"]})
     page.click(f'#gallery .item[data-row="{other}"]')
     assert "No Grad-CAM maps for this image" in page.text_content("#panel") and page.errors == []
+
+
+def check_stated_cause(page, study):
+    """The open detail of the first failure case: its stated cause, causes.py's sentence and its
+    nearest training images, each drawn as that image with its label and similarity."""
+    t, why = truth(study), json.loads((study / "baseline" / "causes.json").read_text())["cases"][0]
+    box = page.locator("#panel .box.cause")
+    assert box.get_attribute("data-cause") == why["cause"] and why["sentence"] in box.text_content()
+    nb, train = why["evidence"]["neighbours"], train_images(study)
+    captions = page.eval_on_selector_all("#panel .near figcaption", "e => e.map(x => x.innerText)")
+    assert captions == [f"{t['classes'][c]}\n{s:.2f}" for c, s in zip(nb["labels"], nb["similarity"])]
+    bold = page.eval_on_selector_all("#panel .near figcaption b", "e => e.map(x => x.textContent)")
+    assert bold == [t["classes"][c] for c in nb["labels"] if c == why["pred"]]
+    for j in (0, nb["k"] - 1):
+        thumb = page.locator("#panel .near figure .th").nth(j)
+        thumb.scroll_into_view_if_needed()
+        b = thumb.bounding_box()
+        shot = page.screenshot(clip={"x": round(b["x"]), "y": round(b["y"]), "width": 64, "height": 64})
+        drawn = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        expected = np.repeat(np.repeat(train[nb["train_rows"][j]].permute(1, 2, 0).numpy()[..., ::-1], 2, 0), 2, 1)
+        assert b["width"] == b["height"] == 64 and np.abs(drawn - expected).mean() < 20
 
 
 def test_hostile_names_stay_text_and_superclasses_filter(browser, study, tmp_path):

@@ -192,6 +192,74 @@ def test_cases_sentence_counts(fixed, text):
     assert prose.cases_sentence(read("comparison.json", {"cases": []})) == ""
 
 
+#### Stated causes and the rule's planted score
+
+def stated(index, cause, sentence=None):
+    return {"index": index, "cause": cause, "sentence": sentence or f"{cause}: why."}
+
+
+@pytest.mark.parametrize("causes, fixed, text", [
+    (["context", "context"], [True, False], "gets 1 of the 2 context-cue cases right."),
+    # in judgements.CAUSES' order, undecided last
+    (["undecided", "lookalike", "context"], [True, False, True],
+     "gets the look-alike case wrong, the context-cue case right and the undecided case right."),
+    (["fragile"] * 3, [False] * 3, "gets none of the 3 fragile cases right."),
+    (["fragile"] * 3 + ["context"] * 2, [True] * 5, "gets both context-cue cases right and all 3 fragile cases right."),
+])
+def test_causes_recheck_sentence_counts_by_cause(causes, fixed, text):
+    cmp = read("comparison.json", {"cases": [case(k, f) for k, f in enumerate(fixed)]})
+    s = prose.causes_recheck_sentence({"cases": [stated(k, c) for k, c in enumerate(causes)]}, cmp)
+    assert s == f"By stated cause, the improved model {text}"
+
+
+def test_a_label_error_got_right_is_not_a_cause_gone():
+    cmp = read("comparison.json", {"cases": [case(0, True), case(1, False)]})
+    s = prose.causes_recheck_sentence({"cases": [stated(0, "label_error"), stated(1, "label_error")]}, cmp)
+    assert "gets 1 of the 2 label-error cases right;" in s and "probably wrong" in s
+    kept = read("comparison.json", {"cases": [case(0, False)]})
+    assert "probably wrong" not in prose.causes_recheck_sentence({"cases": [stated(0, "label_error")]}, kept)
+    assert prose.causes_recheck_sentence({"cases": [stated(0, "context")]}, read("comparison.json", {})) == ""
+
+
+def test_cause_words_name_the_cause_once_and_escape_the_sentence():
+    words = prose.cause_words(stated(3, "lookalike", "look-alike: a systematic pair (4 aquarium_fish->sweet_pepper "
+                                                     "errors (4.5x an even spread)), 50% of them."))
+    assert words == (r"\textbf{look-alike}: a systematic pair (4 aquarium\_fish\textrightarrow{}sweet\_pepper "
+                     r"errors (4.5x an even spread)), 50\% of them.")
+
+
+def score(thresholds=None, **planted):
+    """score.json as tools/score_causes.py writes it, for judgements.py's rule unless told."""
+    p = {"n": 4, "all": 0.75, "top": 0.75}
+    data = {"thresholds": thresholds or dict(judgements.CAUSE_THRESHOLDS),
+            "planted": {"table": {"label_error": {"label_error": 3, "undecided": 5}, "none": {"fragile": 2}},
+                        "precision": {c: p for c in ("label_error", "lookalike", "context", "fragile")},
+                        "recall": {"label_error": 0.375, "lookalike": 1.0, "context": None}, "top": 10, **planted},
+            "control": {"n": 1, "stated": {}, "false_alarms": 1, "rate": 1.0}}
+    return read("score.json", data)
+
+
+def test_cause_score_sentence_quotes_precision_recall_and_false_alarms():
+    s = prose.cause_score_sentence(score())
+    assert "the 10 errors of a model" in s
+    assert (r"right for 75\,\% of the 4 cases it called label errors and 75\,\% of the 4 cases it called "
+            "context cues") in s
+    assert r"it found 38\,\% of the planted label errors, 100\,\% of the planted look-alikes and no planted" in s
+    assert r"it called 1 of its 1 error a label error or a context cue (false alarms: 100\,\%)." in s
+    none = score(precision={c: {"n": 0, "all": None, "top": None} for c in ("label_error", "lookalike", "context",
+                                                                         "fragile")})
+    assert "right for none of the cases it called label errors" in prose.cause_score_sentence(none)
+    no_control = read("score.json", {k: v for k, v in score().items() if k != "control"})
+    assert prose.cause_score_sentence(no_control).endswith("; no control model was scored.")
+
+
+def test_cause_score_sentence_without_a_score_or_of_another_rule():
+    assert "has not been scored here: make planted" in prose.cause_score_sentence(None)
+    other = dict(judgements.CAUSE_THRESHOLDS, fragile_moved=3, retired=1)
+    s = prose.cause_score_sentence(score(other))
+    assert r"another rule (its thresholds fragile\_moved and retired differ" in s and "%" not in s
+
+
 #### Failures and seeds
 
 @pytest.mark.parametrize("n, text", [(1, "1 case"), (4, "4 cases")])

@@ -230,6 +230,73 @@ def write_run(run, name, probs, labels, config):
     train.write_history(history, run / "history.csv")
 
 
+# make planted's score.json as tools/score_causes.py writes it (seed 42), for judgements.py's rule.
+PLANTED_SCORE = {
+    "planted": {"table": {planted: dict(zip(("label_error", "lookalike", "context", "fragile", "undecided"), row))
+                          for planted, row in (("label_error", (9, 0, 0, 0, 15)), ("lookalike", (0, 15, 0, 0, 1)),
+                                               ("context", (0, 8, 16, 1, 1)), ("none", (0, 13, 0, 8, 9)))},
+                "precision": {"label_error": {"n": 9, "all": 1.0, "top": 1.0},
+                              "lookalike": {"n": 36, "all": 0.4167, "top": 0.4},
+                              "context": {"n": 16, "all": 1.0, "top": 1.0},
+                              "fragile": {"n": 9, "all": 0.0, "top": 0.0}},
+                "recall": {"label_error": 0.375, "lookalike": 0.9375, "context": 0.6154}, "top": 10},
+    "git_commit": "df130f93771e4ed0f2a2f57c5b8ee6f12b56051a",
+    "control": {"n": 51, "stated": {"label_error": 0, "lookalike": 27, "context": 0, "fragile": 10, "undecided": 14},
+                "false_alarms": 0, "rate": 0.0}}
+
+
+def planted_score(**changed):
+    """PLANTED_SCORE scored with judgements.py's thresholds, or with some of them changed."""
+    import judgements
+    return dict(PLANTED_SCORE, thresholds={**judgements.CAUSE_THRESHOLDS, **changed})
+
+
+# One case of each stated cause, in failures.json's order (the second, the analyst's, a context cue).
+FAKE_CAUSES = ("label_error", "context", "lookalike", "fragile", "undecided")
+INTERVENTIONS = ("original", "remove_border", "remove_marked", "keep_marked", "remove_elsewhere",
+                 "keep_true_marked", "flip", "shift_left", "shift_right", "shift_up", "shift_down")
+
+
+def fake_cause(case, cause, k, rng, classes):
+    """One case of causes.json as causes.py writes it, with made-up evidence for `cause`."""
+    import hypotheses
+    labels = [case["pred"]] * 7 + [case["true"]] * 2 + [(case["pred"] + 1) % len(classes)]
+    probes = {name: {"p_pred": round(float(p), 6), "p_true": round(float(rng.random() / 10), 6), "top": case["pred"],
+                     "top_name": case["pred_name"]} for name, p in zip(INTERVENTIONS, rng.uniform(0.3, 1, 11))}
+    probes["flip"].update(top=case["true"], top_name=case["true_name"])  # the flip moves it
+    evidence = {"interventions": probes, "pair_errors": 12 - 2 * k, "pair_lift": 4.5 - k / 2,
+                "moved_by_small_changes": 3 if cause == "fragile" else 0, "map_correlation": 0.3,
+                "neighbour_pixels": {"background": 0.85 if cause == "context" else 0.05, "object": 0.1},
+                "neighbours": {"k": 10, "train_rows": list(range(10 * k, 10 * k + 10)), "labels": labels,
+                               "names": [classes[c] for c in labels],
+                               "similarity": [round(0.93 - 0.01 * j, 4) for j in range(10)],
+                               "pred_share": 0.7, "true_share": 0.2, "typicality": 0.73}}
+    verdict = {"cause": cause}
+    if cause == "undecided":
+        verdict["closest"] = {"cause": "lookalike", "met": 2, "of": 3, "failed": ["a systematic pair"]}
+    return {**{key: case[key] for key in ("index", "row", "true", "pred", "true_name", "pred_name", "confidence",
+                                            "true_prob")},
+            **verdict, "sentence": hypotheses.cause_sentence(case, verdict, evidence), "evidence": evidence}
+
+
+def write_fake_causes(base, cases, images, maps, rng):
+    """causes.json and causes.png (drawn by causes.py's own plot) for the fake study's cases."""
+    from types import SimpleNamespace
+
+    import causes
+    import judgements
+    classes = json.loads((base / "config.json").read_text())["classes"]
+    stated = [fake_cause(c, cause, k, rng, classes) for k, (c, cause) in enumerate(zip(cases, FAKE_CAUSES))]
+    sha = json.loads((base / "metrics.json").read_text()).get("weights_sha256")
+    (base / "causes.json").write_text(json.dumps(
+        {"run": str(base), "layer": "layer4", "checkpoint": "last", "weights_sha256": sha, "marked_share": 0.2,
+         "shift": 2, "thresholds": judgements.CAUSE_THRESHOLDS, "cases": stated}))
+    import torch
+    train = torch.randint(0, 256, (10 * len(cases), 3, 32, 32), dtype=torch.uint8)
+    causes.plot(stated, SimpleNamespace(test_x=images, train_x=train), list(range(len(cases))), maps,
+                [c["evidence"]["neighbours"] for c in stated], base / "causes.png")
+
+
 def make_fake_study(study, n=10000, num_cases=5, seed=0):
     """runs/<study>/ as make study leaves it for resnet18-cifar100, without training anything."""
     import matplotlib
@@ -298,6 +365,7 @@ def make_fake_study(study, n=10000, num_cases=5, seed=0):
     failures.plot_gallery(cases, images, "baseline: most confident distinct failures", base / "failures.png")
     gradcam.plot(cases, images, maps, maps.flip(1), None, "layer4", "baseline: where the network looked",
                  base / "gradcam.png")
+    write_fake_causes(base, cases, images, maps, rng)
     rechecked = compare.recheck_cases(base / "failures.json", b, i, CLASSES)
     cam = {(key, t): maps.roll(3 * j, 2) for j, (key, t) in
            enumerate((s, t) for s in ("baseline", "improved") for t in ("pred", "true"))}
@@ -321,7 +389,8 @@ def study_copy(fake_study, tmp_path):
     return Path(shutil.copytree(fake_study, tmp_path / fake_study.name))
 
 
-RUN_FIGURES = ["baseline/curves.png", "improved/curves.png", "baseline/failures.png", "baseline/gradcam.png"]
+# causes.png, each case with its nearest training images, stands where failures.png stood.
+RUN_FIGURES = ["baseline/curves.png", "improved/curves.png", "baseline/causes.png", "baseline/gradcam.png"]
 COMPARE_FIGURES = ["confidence", "high_confidence", "per_class", "gradcam_compare"]
 
 
@@ -338,18 +407,32 @@ def check_figures_recorded(study, report_dir):
         os.path.normpath(study / f) for f in expected)
 
 
-def test_cifar100_shaped_study_builds_within_six_pages(study_copy):
+def test_cifar100_shaped_study_builds_within_six_pages(study_copy, tmp_path):
     need_latex()
     out = study_copy / "report.pdf"
-    result = report.main(["--study", str(study_copy), "--out", str(out)])
+    # With the planted score quoted: the longest the cause sentences get.
+    score = tmp_path / "score.json"
+    score.write_text(json.dumps(planted_score()))
+    result = report.main(["--study", str(study_copy), "--out", str(out), "--planted-score", str(score)])
     assert out.is_file() and out.read_bytes().startswith(b"%PDF")
     assert result["pages"] == pdf_pages(study_copy / "report" / "build") <= 6
     check_figures_recorded(study_copy, study_copy / "report")
     cases = (study_copy / "report" / "table-cases.tex").read_text()
     assert tex.tex_escape(SPECIAL_HYPOTHESIS) in cases and "Hypothesis (analyst)" in cases
     assert r"aquarium\_fish" in cases and r"large\_man-made\_outdoor\_things" in cases
+    # Each case's stated cause beside its hypothesis, in failures.json's order, with its numbers.
+    stated = json.loads((study_copy / "baseline" / "causes.json").read_text())["cases"]
+    rows = re.findall(r"\\emph\{Stated cause:\} \\textbf\{([^}]*)\}: (.*)\} \\\\", cases)
+    assert [name for name, _ in rows] == ["label error", "context cue", "look-alike", "fragile", "undecided"]
+    assert rows[0][1] == tex.tex_escape(stated[0]["sentence"].removeprefix("label error: ").replace("->", "→"))
+    assert "7 of 10 nearest training images" in rows[0][1]
+    assert cases.index("Hypothesis (analyst)") < cases.index("context cue")
     macros = (study_copy / "report" / "macros.tex").read_text()
     assert "CIFAR-100" in macros and "ResNet-18" in macros and "more accurate" in macros
+    assert r"the rule was right for 100\,\% of the 9 cases it called label errors" in macros
+    assert r"38\,\% of the planted label errors" in macros and r"(false alarms: 0\,\%)" in macros
+    # the second case, a context cue, is one the improved model gets right (make_fake_study)
+    assert "By stated cause, the improved model gets" in macros and "the context-cue case right" in macros
     assert "Each model was trained once (1 seed)." in macros
     config = (study_copy / "report" / "table-config.tex").read_text()
     assert len(re.findall(r"\\rowcolor", config)) == 2  # CutMix probability and label smoothing
@@ -382,6 +465,36 @@ def test_seeds_and_ablation_enter_the_report_when_present(study_copy):
     assert "trained with 2 seeds" in macros and "trained once" not in macros
     assert r"CutMix probability only: 61.50\,\%" in macros and "label smoothing only: 59.50" in macros
     assert "the ablation separates them on one seed" in macros
+
+
+def test_the_planted_score_is_quoted_only_for_this_rule(fake_study, tmp_path):
+    """Without --planted-score the report says the rule is not scored and how to score it; a score of
+    other thresholds is not quoted; a missing one is an error, not a silent omission."""
+    _, _, data = report.load_study(fake_study)
+    assert data["score"] is None
+    said = prose.prose(data)["ProseCauseScore"]
+    assert "has not been scored here" in said and "make planted" in said
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(planted_score(shared_background=0.6)))
+    _, paths, data = report.load_study(fake_study, other)
+    said = prose.prose(data)["ProseCauseScore"]
+    assert "another rule" in said and r"shared\_background differs" in said and "100" not in said
+    assert paths["planted_score"] == other  # its date enters the PDF's
+    with pytest.raises(SystemExit, match=r"nope.json does not exist; make planted writes"):
+        report.main(["--study", str(fake_study), "--planted-score", str(tmp_path / "nope.json")])
+
+
+def test_make_passes_the_planted_score_where_make_planted_left_one(tmp_path):
+    """make report gives both builds runs/planted/score.json once it exists, and nothing before."""
+    def planned():
+        return subprocess.run(["make", "-n", "report", "STUDY=smoke", f"PY={sys.executable}", f"RUNS_DIR={tmp_path}"],
+                              cwd=REPO, capture_output=True, text=True).stdout
+    assert "report.py --study" in planned() and "--planted-score" not in planned()
+    score = tmp_path / "planted" / "score.json"
+    score.parent.mkdir()
+    score.write_text("{}")
+    lines = [line for line in planned().splitlines() if "report/report.py" in line or "report/supplement.py" in line]
+    assert len(lines) == 2 and all(line.endswith(f"--planted-score {score}") for line in lines), lines
 
 
 #### Bad input
@@ -454,11 +567,14 @@ def test_smoke_study_end_to_end_and_reproducible(tmp_path):
     again = report.main(["--study", str(study), "--out", str(study / "report-again.pdf")])
     assert (study / "report-again.pdf").read_bytes() == first, "the same inputs gave different PDF bytes"
     assert again["pages"] <= 6
-    # The supplement: both models' faithfulness figures (and the suspects' thumbnails when listed).
+    # The supplement: both models' faithfulness figures, the causes figure at full size (and the
+    # suspects' thumbnails when listed), and the rule said unscored (no make planted in this RUNS_DIR).
     supp = (study / "supplement.pdf").read_bytes()
     assert supp.startswith(b"%PDF")
     recorded = fls_inputs(next((study / "report" / "build-supplement").glob("*.fls")))
     wanted = {str(study / m / "faithfulness.png") for m in ("baseline", "improved")}
+    wanted.add(str(study / "baseline" / "causes.png"))
+    assert "has not been scored here" in (study / "report" / "supplement-body.tex").read_text()
     if json.loads((study / "compare" / "comparison.json").read_text())["label_error_suspects"].get("figure"):
         wanted.add(str(study / "compare" / "suspects.png"))
     assert wanted <= recorded, wanted - recorded

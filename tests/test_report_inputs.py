@@ -3,10 +3,13 @@ with one sentence naming the file and the script that writes it, never a traceba
 PDFs and LaTeX sources already there as they were. No LaTeX needed: the build stops before it.
 
 The study is test_report.py's CIFAR-100-shaped one, with what make study, make seeds and make
-ablation add (faithfulness, seeds, ablation, a corruption grid).
+ablation add (faithfulness, seeds, ablation, a corruption grid) and make planted's score, which both
+builds are given (--planted-score).
 """
 import ast
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,8 +19,9 @@ import compare
 import report
 import shapes
 import supplement
+import tex
 from contract import WRITERS
-from test_report import make_fake_study
+from test_report import make_fake_study, planted_score
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "report"
 AUC = {"mean": 0.3, "std": 0.05}
@@ -50,6 +54,8 @@ def full_study(tmp_path_factory):
         (study / name / f"{name}.json").write_text(json.dumps(value))
     path = study / "compare" / "comparison.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), corruptions=CORRUPTIONS)))
+    (study / "planted").mkdir()  # where make planted would leave it, beside the study here
+    (study / "planted" / "score.json").write_text(json.dumps(planted_score()))
     return study
 
 
@@ -99,7 +105,7 @@ def put(where, value):
 
 BOTH = ("report", "supplement")
 # The files only report.py reads; supplement.py reads the others too.
-REPORT_ONLY = {"metrics.json", "failures.json", "gradcam.json"}
+REPORT_ONLY = {"metrics.json", "gradcam.json"}
 IMPORTED = {"weights": "elsewhere/best.pth", "found": "bare state_dict", "normalisation": "given"}
 # (file, change, what the sentence says, the script it names)
 CASES = [
@@ -151,13 +157,32 @@ CASES = [
     ("ablation/ablation.json", drop("ablation.0.accuracy"), "lacks ablation[0].accuracy", "compare.py"),
     ("ablation/ablation.json", put("ablation", {}),
      "holds an object as ablation, where the report reads an array", "compare.py"),
+    ("baseline/causes.json", drop("cases.0.sentence"), "lacks cases[0].sentence", "causes.py"),
+    ("baseline/causes.json", put("cases.1.evidence.interventions.flip.p_true", "low"),
+     "holds a string as cases[1].evidence.interventions.flip.p_true, where the report reads a number", "causes.py"),
+    ("baseline/causes.json", put("cases.3.evidence.neighbours.labels", None),
+     "holds null as cases[3].evidence.neighbours.labels", "causes.py"),
+    ("baseline/causes.json", put("thresholds", None), "holds null as thresholds", "causes.py"),
+    # read_causes' own check, before the shape's: the cases must be failures.json's
+    ("baseline/causes.json", put("cases.2.index", -1), "does not explain the cases of failures.json", "causes.py"),
+    ("planted/score.json", drop("planted.recall.context"), "lacks planted.recall.context",
+     "tools/score_causes.py (make planted)"),
+    ("planted/score.json", put("control.rate", "0%"),
+     "holds a string as control.rate, where the report reads a number or null", "tools/score_causes.py"),
+    ("planted/score.json", drop("thresholds"), "lacks thresholds", "tools/score_causes.py"),
 ]
+
+
+def build_args(study):
+    """The build's command line, as the Makefile gives it: with make planted's score where it exists."""
+    score = study / "planted" / "score.json"
+    return ["--study", str(study)] + (["--planted-score", str(score)] if score.is_file() else [])
 
 
 def refused(build, study):
     """The one-line message a build stops with (SystemExit: any other exception fails the test)."""
     with pytest.raises(SystemExit) as e:
-        {"report": report, "supplement": supplement}[build].main(["--study", str(study)])
+        {"report": report, "supplement": supplement}[build].main(build_args(study))
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
     return message
@@ -262,3 +287,43 @@ def test_a_writer_that_departs_from_its_files_shape_is_stopped_before_writing():
         shapes.conform({"seeds": {"seeds": [1], "improved_better": 1, "baseline": SPREAD, "improved": SPREAD}},
                        "seeds.json")
     assert shapes.conform(SEEDS, "seeds.json") is SEEDS
+
+
+def test_the_supplement_gives_every_number_behind_each_stated_cause(full_study, tmp_path, monkeypatch):
+    """Per case, the probabilities under each intervention and the neighbours' labels and
+    similarities, as causes.json holds them; and make planted's whole table. The body is written
+    before LaTeX runs, so none is needed."""
+    study = Path(shutil.copytree(full_study, tmp_path / full_study.name))
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    assert "not found" in refused("supplement", study)
+    body = (study / "report" / "supplement-body.tex").read_text()
+    classes = json.loads((study / "baseline" / "config.json").read_text())["classes"]
+    assert os.path.normpath(study / "baseline" / "causes.png") in {
+        os.path.normpath(study / "report" / p) for p in re.findall(r"includegraphics\[[^]]*\]\{([^}]*)\}", body)}
+    for case in json.loads((study / "baseline" / "causes.json").read_text())["cases"]:
+        start = body.index(f"\\subsection*{{\\#{case['index']}:")
+        part = body[start:body.index("\\subsection*", start + 1)]
+        assert tex.tex_escape(case["sentence"].split(": ", 1)[1].replace("->", "→")) in part
+        for name, probe in case["evidence"]["interventions"].items():
+            assert f" & {probe['p_pred']:.3f} & {probe['p_true']:.3f} & " in part, name
+        nb = case["evidence"]["neighbours"]
+        for j, (label, similarity) in enumerate(zip(nb["labels"], nb["similarity"])):
+            name = re.escape(tex.tex_escape(classes[label]))
+            assert re.search(rf"\n{j + 1} & (\\textbf\{{{name}\}}|{name}) & {similarity:.3f} \\\\", part), (j, part)
+    assert r"label error & 9 & 0 & 0 & 0 & 15 & 38 \\" in body and r"none & 0 & 13 & 0 & 8 & 9 & -- \\" in body
+    assert r"look-alike 42\,\% of 36" in body
+
+
+def test_the_score_shape_is_what_score_causes_writes():
+    """shapes.SCORE against tools/score_causes.py's own output (which conform() checks on writing):
+    every stated and planted cause, one never stated (precision null), one never planted (recall null)."""
+    import judgements
+    import score_causes
+    cases = [{"cause": c, "confidence": 0.9} for c in ("label_error", "lookalike", "undecided", "fragile")]
+    truths = ["label_error", "lookalike", "none", "none"]
+    result = {"thresholds": judgements.CAUSE_THRESHOLDS, "planted": score_causes.score(cases, truths, 10),
+              "control": score_causes.false_alarms(cases), "git_commit": None}
+    assert result["planted"]["precision"]["context"]["all"] is None and result["planted"]["recall"]["context"] is None
+    assert shapes.mismatch(result, shapes.SCORE) is None
+    del result["control"]  # score_causes.py without --control
+    assert shapes.mismatch(result, shapes.SCORE) is None

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 from common import UserError, arg_parser, at_least, cli_guard, provenance, save_json  # noqa: E402
 from contract import dataset_from_config, read_causes, read_config, read_json  # noqa: E402
 from judgements import CAUSE_THRESHOLDS, CAUSES  # noqa: E402
+from shapes import conform  # noqa: E402
 
 STATED = (*CAUSES, "undecided")
 PLANTED = ("label_error", "lookalike", "context", "none")
@@ -112,7 +113,7 @@ def run(args):
     if args.control:
         result["control"] = false_alarms(read_stated(args.control))
     if args.out:
-        save_json(result, args.out)
+        save_json(conform(result, "score.json"), args.out)  # the shape the report reads
     print(markdown(result))
     return result
 
