@@ -121,10 +121,10 @@ CAUSES = ("label_error", "lookalike", "context", "fragile")
 
 
 def cause_conditions(case, evidence):
-    """Each cause's conditions on a case's evidence, as (words, holds) pairs. A systematic pair is
-    a look-alike or a context cue, told apart by what the neighbours share; a one-off is a label
-    error (a typical, stable image of the predicted class) or fragile. Where two causes fit at
-    once, cause_of says undecided: the rule states a cause only where one fits."""
+    """Each cause's conditions on a case's evidence, as (words, holds, the numbers behind it)
+    triples. A systematic pair is a look-alike or a context cue, told apart by what the neighbours
+    share; a one-off is a label error (a typical, stable image of the predicted class) or fragile.
+    Where two causes fit at once, cause_of says undecided: the rule states a cause only where one fits."""
     t, nb = CAUSE_THRESHOLDS, evidence["neighbours"]
     systematic = evidence["pair_lift"] >= t["systematic_lift"] and evidence["pair_errors"] >= t["systematic_errors"]
     moved = evidence["moved_by_small_changes"]
@@ -132,18 +132,28 @@ def cause_conditions(case, evidence):
     background = pixels["background"] is not None and pixels["background"] >= t["shared_background"] \
         and pixels["background"] > (pixels["object"] or 0)
     typical = nb["typicality"] is not None and nb["typicality"] >= t["label_error_typicality"]
+    # the numbers each condition was decided on, for the sentence of an undecided case
+    pair = f"{evidence['pair_errors']} errors, {evidence['pair_lift']:.1f}x an even spread"
+    px = ("no neighbour pixels" if pixels["background"] is None else
+          f"background r={pixels['background']:.2f}, object r={pixels['object'] or 0:.2f}")
+    share = f"{nb['pred_share'] + nb['true_share']:.0%} of neighbours"
     return {
-        "label_error": [("true class nearly ruled out", case["true_prob"] <= t["label_error_true_prob"]),
-                        ("neighbours carry the predicted label", nb["pred_share"] >= t["label_error_neighbours"]),
-                        ("a typical image of that class", typical), ("a one-off pair", not systematic),
-                        ("stable under small changes", moved < t["fragile_moved"]),
-                        ("neighbours alike in the object, not the background", not background)],
-        "lookalike": [("a systematic pair", systematic),
+        "label_error": [("true class nearly ruled out", case["true_prob"] <= t["label_error_true_prob"],
+                         f"p={case['true_prob']:.2g}"),
+                        ("neighbours carry the predicted label", nb["pred_share"] >= t["label_error_neighbours"],
+                         f"{nb['pred_share']:.0%} of neighbours"),
+                        ("a typical image of that class", typical,
+                         "no reference" if nb["typicality"] is None else f"typicality {nb['typicality']:.2f}"),
+                        ("a one-off pair", not systematic, pair),
+                        ("stable under small changes", moved < t["fragile_moved"], f"{moved} of 5 moved"),
+                        ("neighbours alike in the object, not the background", not background, px)],
+        "lookalike": [("a systematic pair", systematic, pair),
                       ("neighbours from the confused pair",
-                       nb["pred_share"] + nb["true_share"] >= t["lookalike_neighbours"]),
-                      ("neighbours alike in the object, not the background", not background)],
-        "context": [("a systematic pair", systematic), ("neighbours share the background", background)],
-        "fragile": [("a one-off pair", not systematic), ("small changes move it", moved >= t["fragile_moved"])],
+                       nb["pred_share"] + nb["true_share"] >= t["lookalike_neighbours"], share),
+                      ("neighbours alike in the object, not the background", not background, px)],
+        "context": [("a systematic pair", systematic, pair), ("neighbours share the background", background, px)],
+        "fragile": [("a one-off pair", not systematic, pair),
+                    ("small changes move it", moved >= t["fragile_moved"], f"{moved} of 5 moved")],
     }
 
 
@@ -152,14 +162,14 @@ def cause_of(case, evidence):
     the causes that all fit ("several") or, where none does, the one that came closest (most of
     its conditions met) and which of them failed."""
     conditions = cause_conditions(case, evidence)
-    met = {c: [words for words, holds in conditions[c] if holds] for c in CAUSES}
+    met = {c: [words for words, holds, _ in conditions[c] if holds] for c in CAUSES}
     full = [c for c in CAUSES if len(met[c]) == len(conditions[c])]
     verdict = {"cause": full[0] if len(full) == 1 else "undecided",
-               "conditions": {c: {words: bool(holds) for words, holds in conditions[c]} for c in CAUSES}}
+               "conditions": {c: {words: bool(holds) for words, holds, _ in conditions[c]} for c in CAUSES}}
     if len(full) > 1:
         verdict["several"] = full
     elif not full:
         closest = max(CAUSES, key=lambda c: len(met[c]) / len(conditions[c]))
         verdict["closest"] = {"cause": closest, "met": len(met[closest]), "of": len(conditions[closest]),
-                              "failed": [w for w, holds in conditions[closest] if not holds]}
+                              "failed": [f"{w} ({numbers})" for w, holds, numbers in conditions[closest] if not holds]}
     return verdict

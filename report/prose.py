@@ -392,6 +392,10 @@ def cause_score_sentence(score):
     text = (f"Scored on planted causes (make planted{commit}: the {count(n, 'error')} of a model trained on "
             f"synthetic images with causes planted), the rule was right for {right('label_error')} and "
             f"{right('context')}; it found {and_list([found(c) for c in s['recall']])}")
+    alike = s["precision"]["lookalike"]
+    if alike["n"]:  # the errors between unplanted shapes are no one's truth: say so, not hide the share
+        text += (f"; of the {count(alike['n'], 'case')} it called look-alikes, {pct(alike['all'], 0)}\\,\\% "
+                 "were the planted pair, the others errors that nothing was planted on")
     ctl = score["control"]
     if ctl is None:
         return text + "; no control model was scored."

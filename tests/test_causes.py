@@ -89,6 +89,17 @@ def test_the_rule_states_the_one_cause_whose_conditions_all_hold(case, ev, cause
     assert held == ([] if cause == "undecided" else [cause])
 
 
+def test_an_undecided_sentence_gives_the_numbers_of_what_failed():
+    """"Say which and how strongly": each failed condition with the number it was decided on."""
+    ev = evidence(typical=0.2)
+    verdict = judgements.cause_of(CASE, ev)
+    sentence = cause_sentence(CASE, verdict, ev)
+    assert "closest to label error (5 of 6 conditions; not: a typical image of that class (typicality 0.20))" in sentence
+    ev = evidence(lift=4, pred_share=0.3, true_share=0.1)
+    sentence = cause_sentence(SEEN, judgements.cause_of(SEEN, ev), ev)
+    assert "neighbours from the confused pair (40% of neighbours)" in sentence, sentence
+
+
 def test_no_evidence_fits_two_causes_at_once():
     """The causes' conditions exclude each other (systematic or not, stable or not, background or
     not), so a stated cause is never a tie broken by the order of CAUSES."""

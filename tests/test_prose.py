@@ -245,6 +245,7 @@ def test_cause_score_sentence_quotes_precision_recall_and_false_alarms():
     assert (r"right for 75\,\% of the 4 cases it called label errors and 75\,\% of the 4 cases it called "
             "context cues") in s
     assert r"it found 38\,\% of the planted label errors, 100\,\% of the planted look-alikes and no planted" in s
+    assert r"of the 4 cases it called look-alikes, 75\,\% were the planted pair" in s
     assert r"it called 1 of its 1 error a label error or a context cue (false alarms: 100\,\%)." in s
     none = score(precision={c: {"n": 0, "all": None, "top": None} for c in ("label_error", "lookalike", "context",
                                                                          "fragile")})
