@@ -23,7 +23,7 @@ from common import (DEVICE_HELP, MOST_PLOTTED, UserError, arg_parser, at_least, 
                     pyplot, resolve_device, save_figure, save_json)
 from contract import load_analysis, read_cases, read_gradcam, read_gradcam_maps
 from hypotheses import cause_sentence
-from judgements import CAUSE_THRESHOLDS, cause_of
+from judgements import CAUSE_THRESHOLDS, SMALL_CHANGES, cause_of
 from shapes import conform
 
 MARKED_SHARE = 0.2  # the region Grad-CAM marks: the top fifth of the predicted-class map's pixels
@@ -31,7 +31,6 @@ BLUR_SIGMA = 3.0  # pixels: wipes out shapes and textures of a 32-pixel image, k
 SHIFT = 2  # pixels: a change the network should shrug off (training crops move images up to 4)
 REFERENCE = 2000  # test images sampled: their closeness to the training set is the yardstick ...
 MIN_PER_CLASS = 20  # ... per predicted class where it has this many correct ones, else overall
-SMALL_CHANGES = ("flip", "shift_left", "shift_right", "shift_up", "shift_down")
 
 
 #### Interventions

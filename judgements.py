@@ -118,6 +118,9 @@ CAUSE_THRESHOLDS = {
     "shared_background": 0.5,
 }
 CAUSES = ("label_error", "lookalike", "context", "fragile")
+# The changes an image should shrug off (causes.py makes them): how many of them move the
+# prediction is what tells a fragile case from a stable one.
+SMALL_CHANGES = ("flip", "shift_left", "shift_right", "shift_up", "shift_down")
 
 
 def cause_conditions(case, evidence):
@@ -137,6 +140,7 @@ def cause_conditions(case, evidence):
     px = ("no neighbour pixels" if pixels["background"] is None else
           f"background r={pixels['background']:.2f}, object r={pixels['object'] or 0:.2f}")
     share = f"{nb['pred_share'] + nb['true_share']:.0%} of neighbours"
+    changes = f"{moved} of {len(SMALL_CHANGES)} moved"
     return {
         "label_error": [("true class nearly ruled out", case["true_prob"] <= t["label_error_true_prob"],
                          f"p={case['true_prob']:.2g}"),
@@ -145,7 +149,7 @@ def cause_conditions(case, evidence):
                         ("a typical image of that class", typical,
                          "no reference" if nb["typicality"] is None else f"typicality {nb['typicality']:.2f}"),
                         ("a one-off pair", not systematic, pair),
-                        ("stable under small changes", moved < t["fragile_moved"], f"{moved} of 5 moved"),
+                        ("stable under small changes", moved < t["fragile_moved"], changes),
                         ("neighbours alike in the object, not the background", not background, px)],
         "lookalike": [("a systematic pair", systematic, pair),
                       ("neighbours from the confused pair",
@@ -153,7 +157,7 @@ def cause_conditions(case, evidence):
                       ("neighbours alike in the object, not the background", not background, px)],
         "context": [("a systematic pair", systematic, pair), ("neighbours share the background", background, px)],
         "fragile": [("a one-off pair", not systematic, pair),
-                    ("small changes move it", moved >= t["fragile_moved"], f"{moved} of 5 moved")],
+                    ("small changes move it", moved >= t["fragile_moved"], changes)],
     }
 
 

@@ -82,9 +82,7 @@ def load_study(study, planted_score=None):
     # Read last: contract.read_gradcam and read_causes check that they explain failures.json's cases.
     data["gradcam"] = load_gradcam(study / "baseline", data["failures"]["cases"], study)
     data["causes"] = load_causes(study / "baseline", data["failures"]["cases"], study)
-    data["score"] = load_score(planted_score)
-    if planted_score is not None:
-        paths["planted_score"] = Path(planted_score)
+    data["score"] = load_score(planted_score, paths)
     for side, run in RUNS.items():
         if abs(data[f"{side}_metrics"]["test_accuracy"] - comparison[f"accuracy_{run}"]) > 1e-5:
             raise UserError(f"{paths['comparison']} is older than {paths[side + '_metrics']}; "

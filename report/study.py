@@ -89,12 +89,13 @@ def load_causes(run, cases, study):
     return checked(run / "causes.json", read_causes(run, cases), study)
 
 
-def load_score(path):
-    """make planted's score.json (given by path, under any name), checked; None without a path (the
-    rule not scored here). One planted study scores the rule for every study: its fix is make planted."""
+def load_score(path, paths):
+    """make planted's score.json (given by path, under any name), checked and added to paths; None
+    without a path (the rule not scored here). One planted study scores the rule for every study:
+    its fix is make planted."""
     if path is None:
         return None
-    path = Path(path)
+    path = paths["planted_score"] = Path(path)
     data, problem = read_as(read_score(path), "score.json", "the report")
     if problem:
         raise UserError(f"{path} {problem}; write it again with {WRITERS['score.json']} (make planted)")

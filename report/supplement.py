@@ -20,6 +20,7 @@ if __name__ == "__main__":  # run as a script: common.py is in the repository's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import UserError, arg_parser, atomic_write, cli_guard
 from contract import checkpoint_words
+from judgements import SMALL_CHANGES
 from prose import cause_name, cause_score_sentence, cause_words, changed_list, changed_thresholds
 from study import (build_pdf, load_causes, load_config, load_extras, load_json, load_score, require_file, source_date,
                    write_text)
@@ -201,12 +202,11 @@ def case_section(stated, classes):
     """One case: its stated cause in causes.py's words, the numbers the rule weighed, its tables."""
     ev, nb = stated["evidence"], stated["evidence"]["neighbours"]
     pair = f"{tex_escape(stated['true_name'])} $\\to$ {tex_escape(stated['pred_name'])}"
-    small = [name for name in ev["interventions"] if name == "flip" or name.startswith("shift_")]
     moved = ev["moved_by_small_changes"]
     return (f"\\subsection*{{\\#{stated['index']}: {pair} (confidence {stated['confidence']:.2f})}}\n"
             f"{cause_words(stated)}\n\nThe pair {pair} has {count(ev['pair_errors'], 'test error')}, "
             f"{ev['pair_lift']:.1f} times an even spread of the true class's errors; {moved} of the "
-            f"{len(small)} small changes (flip, shifts) {'moves' if moved == 1 else 'move'} the prediction; "
+            f"{len(SMALL_CHANGES)} small changes (flip, shifts) {'moves' if moved == 1 else 'move'} the prediction; "
             f"{round(nb['pred_share'] * nb['k'])} of the {nb['k']} nearest training images are labelled with "
             f"the predicted class, {round(nb['true_share'] * nb['k'])} with the true one.\n\n"
             + case_tables(stated, classes))
@@ -260,9 +260,7 @@ def run(args):
     extra = load_extras(study, paths)
     failures = load_json(paths["failures"], study, "failures")
     causes = load_causes(study / "baseline", failures["cases"], study)  # checked to be failures.json's cases
-    score = load_score(args.planted_score)
-    if args.planted_score is not None:
-        paths["planted_score"] = Path(args.planted_score)
+    score = load_score(args.planted_score, paths)
     report_dir = out.parent / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     body = (faithfulness_section(study.resolve(), faith, configs, report_dir.resolve())

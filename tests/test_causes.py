@@ -44,7 +44,7 @@ def test_the_interventions_change_only_what_they_name():
     assert torch.equal(v["remove_marked"][:, ~marked], x[:, ~marked])
     assert not torch.equal(v["remove_marked"][:, marked], x[:, marked])
     assert torch.equal(v["keep_marked"][:, marked], x[:, marked])
-    assert torch.equal(v["flip"], x.flip(-1)) and set(causes.SMALL_CHANGES) <= set(v)
+    assert torch.equal(v["flip"], x.flip(-1)) and set(judgements.SMALL_CHANGES) <= set(v)
 
 
 def test_region_similarity_is_high_for_a_shared_background_and_none_for_no_region():
@@ -83,6 +83,8 @@ def test_the_rule_states_the_one_cause_whose_conditions_all_hold(case, ev, cause
     assert verdict["cause"] == cause
     sentence = cause_sentence(case, verdict, ev)
     assert sentence.startswith(f"{hypotheses.CAUSE_NAMES[cause]}: ")
+    if cause == "fragile":  # hypotheses.py words the count of judgements.SMALL_CHANGES
+        assert f"3 of {len(judgements.SMALL_CHANGES)} small changes" in sentence
     if cause == "undecided":  # says which cause came closest and what it lacked
         assert verdict["closest"]["met"] < verdict["closest"]["of"] and "closest to" in sentence
     held = [c for c, conds in verdict["conditions"].items() if all(conds.values())]

@@ -161,8 +161,7 @@ def test_cases_carry_their_hypothesis_and_both_overlays(study):
     for k, case in enumerate(data["cases"]):
         assert by_row[case["row"]]["x"] == k  # a case is an error of the baseline: always in the gallery
         for uri in case["overlays"]:
-            png = np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8)
-            assert cv2.imdecode(png, cv2.IMREAD_COLOR).shape == (128, 128, 3)
+            assert decoded(uri).shape == (128, 128, 3)
     assert sum(it["x"] is not None for it in data["items"]) == len(data["cases"])
 
 
